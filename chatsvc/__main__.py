@@ -1,0 +1,5 @@
+"""`python -m chatsvc`."""
+
+from chatsvc.cli import main
+
+main()

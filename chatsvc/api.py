@@ -1,0 +1,321 @@
+"""The JSON API under /api (SPEC section 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from flask import Blueprint, Response, jsonify
+
+from chatsvc import auth, conversations, notify, projects, sse, streams, users
+from chatsvc import messages as message_rows
+from chatsvc.auth import current_user
+from chatsvc.conversations import Conversation
+from chatsvc.errors import NotFound, TokenLimitExceeded, TooLarge, Unavailable, wrap_exceptions
+from chatsvc.messages import Exchange
+from chatsvc.runtime import runtime
+from chatsvc.validation import Field, json_object, query_int, query_uuid, text, uuid_field
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+
+@bp.before_request
+def _authenticate() -> None:
+    from flask import request  # noqa: PLC0415 - keeps the module's public names short
+
+    if request.endpoint == "api.session" and request.method == "POST":
+        return
+    auth.authenticate()
+
+
+def _created(body: Any) -> tuple[Response, int]:
+    return jsonify(body), 201
+
+
+# --- session --------------------------------------------------------------------
+
+
+@bp.post("/session", endpoint="session")
+def create_session() -> Response:
+    """Exchange a token for a browser session cookie."""
+    return auth.create_session()
+
+
+@bp.delete("/session", endpoint="session_delete")
+def delete_session() -> Response:
+    """End the browser session."""
+    return auth.end_session()
+
+
+@bp.get("/me")
+def me() -> Response:
+    """The calling user."""
+    return jsonify(current_user().to_json())
+
+
+# --- projects -------------------------------------------------------------------
+
+
+@bp.post("/projects")
+def create_project() -> tuple[Response, int]:
+    """Create a project; the caller becomes its first member."""
+    body = json_object({"name": Field(text(1, 200), required=True)})
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        project = projects.create_project(conn, current_user().id, body["name"])
+    return _created(project.to_json())
+
+
+@bp.get("/projects")
+def list_projects() -> Response:
+    """Projects the caller belongs to."""
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        found = projects.list_projects(conn, current_user().id)
+    return jsonify({"items": [p.to_json() for p in found]})
+
+
+@bp.get("/projects/<uuid:project_id>")
+def get_project(project_id: UUID) -> Response:
+    """One project the caller belongs to."""
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        project = projects.get_project(conn, current_user().id, project_id)
+    if project is None:
+        raise NotFound("No such project.")
+    return jsonify(project.to_json())
+
+
+@bp.post("/projects/<uuid:project_id>/members")
+def add_member(project_id: UUID) -> tuple[Response, int]:
+    """Add a member by user name (any member may)."""
+    body = json_object({"user": Field(text(1, 64), required=True)})
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        if projects.get_project(conn, current_user().id, project_id) is None:
+            raise NotFound("No such project.")
+        member = users.user_by_name(conn, body["user"])
+        if member is None:
+            raise NotFound(f"No user named {body['user']!r}.")
+        added = projects.add_member(conn, project_id, member.id)
+        project = projects.get_project(conn, current_user().id, project_id)
+    assert project is not None
+    return jsonify(project.to_json()), 201 if added else 200
+
+
+@bp.delete("/projects/<uuid:project_id>/members/<name>")
+def remove_member(project_id: UUID, name: str) -> Response:
+    """Remove a member by user name (any member may, themselves included)."""
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        if projects.get_project(conn, current_user().id, project_id) is None:
+            raise NotFound("No such project.")
+        member = users.user_by_name(conn, name)
+        if member is None or not projects.remove_member(conn, project_id, member.id):
+            raise NotFound(f"{name!r} is not a member of this project.")
+    return Response(status=204)
+
+
+# --- conversations --------------------------------------------------------------
+
+
+def _visible_conversation(conn: Any, conversation_id: UUID) -> Conversation:
+    conversation = conversations.get(conn, current_user().id, conversation_id)
+    if conversation is None:
+        raise NotFound("No such conversation.")
+    return conversation
+
+
+@bp.post("/conversations")
+def create_conversation() -> tuple[Response, int]:
+    """Create a conversation, private or in a project the caller belongs to."""
+    body = json_object({
+        "project_id": Field(uuid_field),
+        "title": Field(text(0, 200)),
+    })
+    user = current_user()
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        project_id = body["project_id"]
+        if project_id is not None and projects.get_project(conn, user.id, project_id) is None:
+            raise NotFound("No such project.")
+        conversation = conversations.create(conn, user.id, project_id, body["title"] or "")
+    return _created(conversation.to_json())
+
+
+@bp.get("/conversations")
+def list_conversations() -> Response:
+    """Visible conversations, newest first, each with is_streaming; page with ?before=."""
+    limit = query_int("limit", 50, 1, 200)
+    before = query_uuid("before")
+    project_id = query_uuid("project_id")
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        found = conversations.page(
+            conn, current_user().id, project_id=project_id, before=before, limit=limit
+        )
+    next_before = found[-1].id if len(found) == limit else None
+    return jsonify({"items": [c.to_json() for c in found], "next_before": next_before})
+
+
+@bp.get("/conversations/<uuid:conversation_id>")
+def get_conversation(conversation_id: UUID) -> Response:
+    """A conversation and its messages, streaming answers with their checkpointed text."""
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        conversation = _visible_conversation(conn, conversation_id)
+        rows = message_rows.in_conversation(conn, conversation_id)
+    return jsonify({**conversation.to_json(), "messages": [m.to_json() for m in rows]})
+
+
+@bp.delete("/conversations/<uuid:conversation_id>")
+def delete_conversation(conversation_id: UUID) -> Response:
+    """Delete a conversation, cancelling its active answer first."""
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        _visible_conversation(conn, conversation_id)
+        active = message_rows.active_in(conn, conversation_id)
+        events: list[notify.Event] = []
+        if active is not None:
+            message_rows.request_cancel(conn, active.id)
+            events.append(notify.Finished(
+                conversation_id, active.id, "cancelled", active.content_length, None, None
+            ))
+        conversations.delete(conn, conversation_id)
+        events.append(notify.ConversationDeleted(conversation_id))
+        notify.send(conn, events)
+    return Response(status=204)
+
+
+@bp.post("/conversations/<uuid:conversation_id>/messages")
+def send_message(conversation_id: UUID) -> tuple[Response, int]:
+    """Store the user message and a streaming answer, then generate it in the background."""
+    rt = runtime()
+    body = json_object({
+        "content": Field(text(1, rt.settings.max_message_chars, too_long=TooLarge), required=True),
+        "model": Field(text(1, 200)),
+        "client_message_id": Field(text(1, 200)),
+    })
+    if rt.hub.closing:
+        raise Unavailable("This server is shutting down; retry on another.")
+    user = current_user()
+    client_id = body["client_message_id"]
+    with wrap_exceptions(), rt.pool.connection() as conn:
+        _visible_conversation(conn, conversation_id)
+        if client_id is not None:
+            earlier = message_rows.exchange_by_client_id(conn, conversation_id, client_id)
+            if earlier is not None:
+                return jsonify(_exchange_json(earlier)), 200
+        if users.usage(conn, user.id).exhausted:
+            raise TokenLimitExceeded()
+        exchange = message_rows.create_exchange(
+            conn,
+            conversation_id=conversation_id,
+            user_id=user.id,
+            content=body["content"],
+            model=body["model"] or rt.settings.model,
+            client_message_id=client_id,
+            owner=rt.owner,
+            lease_s=rt.settings.lease_s,
+        )
+        if exchange is None:  # a concurrent send with the same client_message_id won
+            earlier = message_rows.exchange_by_client_id(conn, conversation_id, client_id or "")
+            assert earlier is not None
+            return jsonify(_exchange_json(earlier)), 200
+        notify.send(conn, [
+            notify.MessageCreated(conversation_id, exchange.user_message.id),
+            notify.MessageCreated(conversation_id, exchange.assistant_message.id),
+        ])
+    rt.generator.start(exchange.assistant_message)
+    return jsonify(_exchange_json(exchange)), 202
+
+
+def _exchange_json(exchange: Exchange) -> dict[str, Any]:
+    answer = exchange.assistant_message
+    return {
+        "user_message": exchange.user_message.to_json(),
+        "assistant_message": answer.to_json(),
+        "stream_url": f"/api/messages/{answer.id}/stream",
+    }
+
+
+@bp.get("/conversations/<uuid:conversation_id>/status")
+def conversation_status(conversation_id: UUID) -> Response:
+    """Whether the conversation is streaming, and its latest answer's state."""
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        _visible_conversation(conn, conversation_id)
+        status = streams.conversation_status(conn, conversation_id)
+    assert status is not None
+    return jsonify(status.to_json())
+
+
+@bp.post("/conversations/<uuid:conversation_id>/cancel")
+def cancel_conversation(conversation_id: UUID) -> tuple[Response, int]:
+    """Cancel the active answer (idempotent: with none, returns the latest answer)."""
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        _visible_conversation(conn, conversation_id)
+        active = message_rows.active_in(conn, conversation_id)
+        if active is not None:
+            message = message_rows.request_cancel(conn, active.id) or active
+        else:
+            answers = [m for m in message_rows.in_conversation(conn, conversation_id)
+                       if m.role == "assistant"]
+            if not answers:
+                raise NotFound("This conversation has no answer to cancel.")
+            message = answers[-1]
+    return jsonify(message.to_json()), 202
+
+
+@bp.get("/conversations/<uuid:conversation_id>/stream")
+def conversation_stream(conversation_id: UUID) -> Response:
+    """SSE: the whole conversation, long-lived."""
+    rt = runtime()
+    with wrap_exceptions(), rt.pool.connection() as conn:
+        _visible_conversation(conn, conversation_id)
+    return sse.conversation_stream(rt, conversation_id)
+
+
+# --- messages -------------------------------------------------------------------
+
+
+@bp.get("/messages/<uuid:message_id>")
+def get_message(message_id: UUID) -> Response:
+    """One message with its true status and content."""
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        message = message_rows.get(conn, current_user().id, message_id)
+    if message is None:
+        raise NotFound("No such message.")
+    return jsonify(message.to_json())
+
+
+@bp.post("/messages/<uuid:message_id>/cancel")
+def cancel_message(message_id: UUID) -> tuple[Response, int]:
+    """Record the intent to cancel an answer; its owner stops within a checkpoint interval."""
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        message = message_rows.get(conn, current_user().id, message_id)
+        if message is None:
+            raise NotFound("No such message.")
+        if message.is_streaming:
+            message = message_rows.request_cancel(conn, message_id) or message
+    return jsonify(message.to_json()), 202
+
+
+@bp.get("/messages/<uuid:message_id>/stream")
+def message_stream(message_id: UUID) -> Response:
+    """SSE: one answer from an offset to `done`."""
+    rt = runtime()
+    with wrap_exceptions(), rt.pool.connection() as conn:
+        if message_rows.get(conn, current_user().id, message_id) is None:
+            raise NotFound("No such message.")
+    return sse.message_stream(rt, message_id)
+
+
+# --- streams and usage ----------------------------------------------------------
+
+
+@bp.get("/streams")
+def active_streams() -> Response:
+    """Answers streaming now that the caller may see (all of them for an admin)."""
+    user = current_user()
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        found = streams.active(conn, user.id, everything=user.is_admin)
+    return jsonify({"items": [s.to_json() for s in found]})
+
+
+@bp.get("/usage")
+def usage() -> Response:
+    """Tokens the caller has used, and their limit."""
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        used = users.usage(conn, current_user().id)
+    return jsonify(used.to_json())

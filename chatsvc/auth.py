@@ -1,0 +1,76 @@
+"""Who is calling: Bearer tokens for API clients, an HttpOnly session cookie for browsers."""
+
+from __future__ import annotations
+
+from flask import Response, g, jsonify, request
+
+from chatsvc import users
+from chatsvc.errors import Unauthorized, wrap_exceptions
+from chatsvc.runtime import runtime
+from chatsvc.users import User
+from chatsvc.validation import Field, json_object, text
+
+COOKIE = "chatsvc_session"
+
+
+def current_user() -> User:
+    """The authenticated user of this request (set by `authenticate`)."""
+    user: User = g.user
+    return user
+
+
+def authenticate() -> None:
+    """Identify the caller from the Authorization header, else the session cookie; 401 if neither."""
+    header = request.headers.get("Authorization")
+    cookie = request.cookies.get(COOKIE)
+    user: User | None = None
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
+            found = users.user_by_token(conn, token.strip())
+            if found is None:
+                raise Unauthorized("This token is not valid.")
+            user = found[0]
+        elif cookie:
+            user = users.user_by_session(conn, cookie)
+            if user is None:
+                raise Unauthorized("This session has ended; sign in with a token again.")
+    if user is None:
+        raise Unauthorized()
+    g.user = user
+
+
+def create_session() -> Response:
+    """POST /api/session: trade an API token for an HttpOnly, SameSite=Strict session cookie."""
+    body = json_object({"token": Field(text(1, 200), required=True)})
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        found = users.user_by_token(conn, body["token"])
+        if found is None:
+            raise Unauthorized("This token is not valid.")
+        user, token_id = found
+        secret = users.create_session(conn, user.id, token_id)
+    response = jsonify({"user": user.to_json()})
+    response.status_code = 201
+    response.set_cookie(
+        COOKIE,
+        secret,
+        max_age=int(users.SESSION_LIFETIME.total_seconds()),
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=request.is_secure,
+    )
+    return response
+
+
+def end_session() -> Response:
+    """DELETE /api/session: sign out of this browser."""
+    cookie = request.cookies.get(COOKIE)
+    if cookie:
+        with wrap_exceptions(), runtime().pool.connection() as conn:
+            users.delete_session(conn, cookie)
+    response = Response(status=204)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
+    return response

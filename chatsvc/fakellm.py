@@ -1,0 +1,162 @@
+"""A fake OpenAI-compatible chat server for tests and the benchmark (never used in production).
+
+It speaks just enough of POST /v1/chat/completions with stream=true for litellm's
+real OpenAI path. What it answers is scripted by directives in the last user
+message, e.g. "@fake chunks=40 size=3 delay=0.02 alphabet=mixed fail_after=10":
+
+    chunks      number of content chunks (default 20)
+    size        code points per chunk (default 4)
+    delay       seconds between chunks (default 0.01)
+    alphabet    ascii | mixed (emoji, ZWJ sequences, CJK, combining marks)
+    seed        varies the text (default: the directives themselves)
+    fail_after  drop the connection after this many chunks
+    hang_after  stop sending (but keep the connection) after this many chunks
+    usage       0 to send no usage chunk
+
+The answer is a pure function of the directives, so when chatsvc asks it to
+continue a partial answer it continues the same text from that point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from chatsvc.llm import CONTINUE_INSTRUCTION
+
+ASCII = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJ .,;:!?0123456789\n"
+MIXED = [
+    *"abcdef ghij klmn ", "\n", "é", "e\u0301", "n\u0303", "漢", "字", "中", "文", "😀",
+    "🌍", "👩\u200d👩\u200d👧", "🇫🇷", "ß", "Ω", "\u2028", "\"", "\\", "<b>", "&amp;",
+]
+
+
+def parse_directives(content: str) -> dict[str, str]:
+    """The key=value directives after '@fake' in a message."""
+    directives: dict[str, str] = {}
+    if "@fake" not in content:
+        return directives
+    for word in content.split("@fake", 1)[1].split():
+        key, sep, value = word.partition("=")
+        if sep:
+            directives[key] = value
+    return directives
+
+
+def script_text(directives: dict[str, str]) -> str:
+    """The full answer the directives describe."""
+    chunks = int(directives.get("chunks", 20))
+    size = int(directives.get("size", 4))
+    rng = random.Random(directives.get("seed", json.dumps(directives, sort_keys=True)))
+    if directives.get("alphabet") == "mixed":
+        pieces = [rng.choice(MIXED) for _ in range(chunks * size)]
+        text = "".join(pieces)
+        # Trim to exactly chunks*size code points so chunking is predictable.
+        return text[: chunks * size]
+    return "".join(rng.choice(ASCII) for _ in range(chunks * size))
+
+
+def split(text: str, size: int) -> list[str]:
+    """Chunks of `size` code points (which may split a grapheme, as real tokenizers do)."""
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+class FakeLLM:
+    """The WSGI app; `requests` records every request body it received."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.default: dict[str, str] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        if environ["REQUEST_METHOD"] != "POST" or not environ["PATH_INFO"].endswith(
+            "/chat/completions"
+        ):
+            start_response("404 Not Found", [("Content-Type", "application/json")])
+            return iter([b'{"error": {"message": "not found"}}'])
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = json.loads(environ["wsgi.input"].read(length))
+        with self.lock:
+            self.requests.append(body)
+        return self._stream(body, start_response)
+
+    def _stream(self, body: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        messages = body["messages"]
+        question = next(
+            (m["content"] for m in reversed(messages)
+             if m["role"] == "user" and m["content"] != CONTINUE_INSTRUCTION),
+            "",
+        )
+        directives = {**self.default, **parse_directives(question)}
+        text = script_text(directives)
+        if messages and messages[-1]["content"] == CONTINUE_INSTRUCTION:
+            partial = messages[-2]["content"]
+            text = text[len(partial):] if text.startswith(partial) else text
+        size = int(directives.get("size", 4))
+        delay = float(directives.get("delay", 0.01))
+        fail_after = int(directives.get("fail_after", -1))
+        hang_after = int(directives.get("hang_after", -1))
+        send_usage = directives.get("usage", "1") != "0"
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        return self._events(split(text, size), delay, fail_after, hang_after,
+                            send_usage, body.get("model", "fake"), len(json.dumps(messages)))
+
+    def _events(
+        self, chunks: list[str], delay: float, fail_after: int, hang_after: int,
+        send_usage: bool, model: str, prompt_chars: int,
+    ) -> Iterator[bytes]:
+        created = int(time.time())
+
+        def event(delta: dict[str, Any], finish: str | None = None,
+                  usage: dict[str, int] | None = None) -> bytes:
+            payload: dict[str, Any] = {
+                "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+                if usage is None else [],
+            }
+            if usage is not None:
+                payload["usage"] = usage
+            return f"data: {json.dumps(payload)}\n\n".encode()
+
+        yield event({"role": "assistant", "content": ""})
+        for index, chunk in enumerate(chunks):
+            if index == fail_after:
+                raise ConnectionResetError("fake provider dropped the connection")
+            if index == hang_after:
+                time.sleep(3600)
+            if delay:
+                time.sleep(delay)
+            yield event({"content": chunk})
+        yield event({}, finish="stop")
+        if send_usage:
+            usage = {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(chunks),
+                     "total_tokens": prompt_chars // 4 + len(chunks)}
+            yield event({}, usage=usage)
+        yield b"data: [DONE]\n\n"
+
+
+def main() -> None:
+    """Serve the fake LLM on 127.0.0.1 (for the benchmark)."""
+    from gevent import monkey  # noqa: PLC0415
+
+    monkey.patch_all()
+    from gevent.pywsgi import WSGIServer  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8901)
+    parser.add_argument("--default", default="", help="directives applied to every request")
+    args = parser.parse_args()
+    app = FakeLLM()
+    app.default = parse_directives("@fake " + args.default)
+    WSGIServer(("127.0.0.1", args.port), app, log=None).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""Following a message or a conversation: catch-up from the database, then live events.
+
+A follower subscribes to the hub *before* it reads the database, so anything
+committed after its read reaches it as an event. It keeps, per answer, the offset
+up to which it has sent text; an event that overlaps is trimmed, one that leaves
+a gap (or carries no text, or got dropped on overflow) makes it read the missing
+range from the database. That is what makes the deltas a client receives
+concatenate to exactly the committed content, across any number of reconnects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from psycopg_pool import ConnectionPool
+
+from chatsvc import messages as message_rows
+from chatsvc import notify
+from chatsvc.errors import InvalidRequest, wrap_exceptions
+from chatsvc.messages import Message, TextFrom
+
+
+@dataclass(frozen=True, slots=True)
+class Out:
+    """One event for the client: SSE `event`/`id`/`data`, or a WebSocket frame."""
+
+    event: str
+    data: dict[str, Any]
+    id: str | None = None
+
+
+@dataclass
+class Track:
+    """How far a client has been sent one answer."""
+
+    message_id: UUID
+    offset: int
+    epoch: int
+    done: bool = False
+
+
+def done_data(message_id: UUID, status: str, length: int, usage: Any, error: str | None) -> dict[str, Any]:
+    """The `done` event's data (SPEC section 3)."""
+    usage = usage or {}
+    data: dict[str, Any] = {
+        "message_id": message_id,
+        "status": status,
+        "content_length": length,
+        "usage": {
+            "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+            "completion_tokens": int(usage.get("completion_tokens", 0)),
+        },
+    }
+    if usage.get("estimated"):
+        data["usage"]["estimated"] = True
+    if error is not None:
+        data["error"] = error
+    return data
+
+
+class Follower:
+    """Shared machinery: tracks, catch-up reads, and turning hub events into client events."""
+
+    def __init__(self, pool: ConnectionPool, hub: notify.Hub, heartbeat_s: float) -> None:
+        self.pool = pool
+        self.hub = hub
+        self.heartbeat_s = heartbeat_s
+        self.tracks: dict[UUID, Track] = {}
+        self.finished = False
+        self.sub: notify.Subscriber | None = None
+
+    def close(self) -> None:
+        """Unsubscribe (idempotent)."""
+        if self.sub is not None:
+            self.sub.close()
+            self.sub = None
+
+    def event_id(self, message_id: UUID, offset: int) -> str:
+        """The SSE id of an event at this position."""
+        raise NotImplementedError
+
+    def events(self, first: list[Out]) -> Iterator[Out | None]:
+        """The catch-up events, then live events; None when a heartbeat is due."""
+        assert self.sub is not None
+        yield from first
+        quiet_since = time.monotonic()
+        while not self.finished:
+            wait = self.heartbeat_s - (time.monotonic() - quiet_since)
+            item = self.sub.get(max(wait, 0.0))
+            if item is None:
+                outs: list[Out | None] = [None]
+            elif isinstance(item, notify.Closing):
+                return
+            elif isinstance(item, notify.Resync):
+                outs = list(self.resync())
+            else:
+                outs = list(self.on_event(item))
+            if outs:
+                quiet_since = time.monotonic()
+                yield from outs
+
+    def resync(self) -> list[Out]:
+        """Events were lost: bring every open track up to date from the database."""
+        outs: list[Out] = []
+        for track in list(self.tracks.values()):
+            if not track.done:
+                outs += self.catch_up(track)
+        return outs
+
+    def on_event(self, event: notify.Event) -> list[Out]:
+        """Client events for one hub event."""
+        match event:
+            case notify.Delta():
+                return self.on_delta(event)
+            case notify.StatusChanged():
+                track = self.tracks.get(event.message_id)
+                if track is None or track.done or event.epoch <= track.epoch:
+                    return []
+                track.epoch = event.epoch
+                data = {"message_id": event.message_id, "status": event.status,
+                        "epoch": event.epoch, "resumed": event.resumed}
+                return [Out("status", data)]
+            case notify.Finished():
+                return self.on_finished(event)
+        return []
+
+    def on_delta(self, event: notify.Delta) -> list[Out]:
+        """Send the part of a delta the client has not had; read a gap from the database."""
+        track = self.tracks.get(event.message_id)
+        if track is None or track.done or event.end <= track.offset:
+            return []
+        if event.text is None or event.start > track.offset:
+            return self.catch_up(track)
+        text = event.text[track.offset - event.start:]
+        return [self.delta(track, text)]
+
+    def on_finished(self, event: notify.Finished) -> list[Out]:
+        """End a track, reading from the database whatever text the client still lacks."""
+        track = self.tracks.get(event.message_id)
+        if track is None or track.done:
+            return []
+        if track.offset != event.content_length or event.usage is None:
+            return self.catch_up(track)
+        track.done = True
+        data = done_data(event.message_id, event.status, event.content_length,
+                         event.usage, event.error)
+        return [Out("done", data, self.event_id(event.message_id, event.content_length))]
+
+    def delta(self, track: Track, text: str) -> Out:
+        """A delta event for text starting at the track's offset, advancing it."""
+        start = track.offset
+        track.offset += len(text)
+        data = {"message_id": track.message_id, "offset": start, "text": text}
+        return Out("delta", data, self.event_id(track.message_id, track.offset))
+
+    def read(self, message_id: UUID, offset: int) -> TextFrom | None:
+        """The message's committed text after offset, from the database."""
+        with wrap_exceptions(), self.pool.connection() as conn:
+            return message_rows.text_from(conn, message_id, offset)
+
+    def catch_up(self, track: Track, state: TextFrom | None = None) -> list[Out]:
+        """Everything committed after the track's offset as one delta, and `done` if it ended."""
+        state = state or self.read(track.message_id, track.offset)
+        if state is None:  # deleted
+            track.done = True
+            return []
+        outs = [self.delta(track, state.text)] if state.text else []
+        if state.epoch > track.epoch:
+            track.epoch = state.epoch
+        if state.is_terminal:
+            track.done = True
+            data = done_data(track.message_id, state.status, state.content_length,
+                             state.usage, state.error)
+            outs.append(Out("done", data, self.event_id(track.message_id, state.content_length)))
+        return outs
+
+
+class MessageFollower(Follower):
+    """GET /api/messages/{id}/stream: one answer from an offset to `done`."""
+
+    def event_id(self, message_id: UUID, offset: int) -> str:
+        return str(offset)
+
+    def open(self, message_id: UUID, offset: int) -> tuple[TextFrom, list[Out]]:
+        """Subscribe and read; raises InvalidRequest for an offset past the committed text."""
+        self.sub = self.hub.subscribe(message_id)
+        try:
+            state = self.read(message_id, offset)
+            assert state is not None, "the caller checked the message exists"
+            if offset > state.content_length:
+                raise InvalidRequest(
+                    f"Offset {offset} is beyond the committed content "
+                    f"({state.content_length} characters)."
+                )
+            track = Track(message_id, offset, state.epoch)
+            self.tracks[message_id] = track
+            first = self.catch_up(track, state)
+        except BaseException:
+            self.close()
+            raise
+        return state, first
+
+    def on_event(self, event: notify.Event) -> list[Out]:
+        outs = super().on_event(event)
+        if all(t.done for t in self.tracks.values()):
+            self.finished = True
+        return outs
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A conversation stream position: `<message_id>:<offset>`."""
+
+    message_id: UUID
+    offset: int
+
+    @classmethod
+    def parse(cls, raw: str) -> Cursor:
+        """Parse a Last-Event-ID, raising InvalidRequest when it is not one of ours."""
+        message_id, sep, offset = raw.rpartition(":")
+        try:
+            if not sep:
+                raise ValueError(raw)
+            cursor = cls(UUID(message_id), int(offset))
+        except ValueError:
+            raise InvalidRequest(
+                "Last-Event-ID must be '<message_id>:<offset>' as sent by this stream."
+            ) from None
+        if cursor.offset < 0:
+            raise InvalidRequest("The offset in Last-Event-ID must not be negative.")
+        return cursor
+
+
+class ConversationFollower(Follower):
+    """GET /api/conversations/{id}/stream: every message, then every answer as it grows."""
+
+    def __init__(self, pool: ConnectionPool, hub: notify.Hub, heartbeat_s: float) -> None:
+        super().__init__(pool, hub, heartbeat_s)
+        self.conversation_id: UUID | None = None
+        self.announced: set[UUID] = set()
+
+    def event_id(self, message_id: UUID, offset: int) -> str:
+        return f"{message_id}:{offset}"
+
+    def open(self, conversation_id: UUID, cursor: Cursor | None) -> list[Out]:
+        """Subscribe, then replay what the client has not seen since `cursor`."""
+        self.conversation_id = conversation_id
+        self.sub = self.hub.subscribe(conversation_id)
+        try:
+            with wrap_exceptions(), self.pool.connection() as conn:
+                rows = message_rows.in_conversation(conn, conversation_id)
+            return self._replay(rows, cursor)
+        except BaseException:
+            self.close()
+            raise
+
+    def _replay(self, rows: list[Message], cursor: Cursor | None) -> list[Out]:
+        outs: list[Out] = []
+        start = 0
+        ids = [row.id for row in rows]
+        if cursor is not None and cursor.message_id in ids:
+            start = ids.index(cursor.message_id)
+            row = rows[start]
+            self.announced.add(row.id)
+            start += 1
+            if cursor.offset > row.content_length:
+                raise InvalidRequest(
+                    f"Offset {cursor.offset} is beyond the committed content of {row.id}."
+                )
+            # As with 204 on the message stream: an answer read to its end is not resent.
+            if row.is_streaming or cursor.offset < row.content_length:
+                track = Track(row.id, cursor.offset, row.epoch)
+                self.tracks[row.id] = track
+                outs += self.catch_up(track)
+        for row in rows[start:]:
+            outs += self.announce(row)
+        return outs
+
+    def announce(self, row: Message) -> list[Out]:
+        """A `message` event with the message as committed; follow it if it streams."""
+        if row.id in self.announced:
+            return []
+        self.announced.add(row.id)
+        if row.is_streaming:
+            self.tracks[row.id] = Track(row.id, row.content_length, row.epoch)
+        return [Out("message", row.to_json(), self.event_id(row.id, row.content_length))]
+
+    def _fetch_and_announce(self, message_id: UUID) -> list[Out]:
+        with wrap_exceptions(), self.pool.connection() as conn:
+            row = message_rows.get_any(conn, message_id)
+        if row is None or row.conversation_id != self.conversation_id:
+            return []
+        return self.announce(row)
+
+    def on_event(self, event: notify.Event) -> list[Out]:
+        if isinstance(event, notify.ConversationDeleted):
+            self.finished = True
+            return []
+        if isinstance(event, notify.MessageCreated):
+            return self._fetch_and_announce(event.message_id)
+        message_id = getattr(event, "message_id", None)
+        if message_id is not None and message_id not in self.announced:
+            # Events can overtake the notification of the message itself (the
+            # committer publishes locally); announcing it reads everything so far.
+            return self._fetch_and_announce(message_id)
+        return super().on_event(event)

@@ -1,0 +1,73 @@
+"""The services one process runs: pool, hub, listener, checkpointer, generator."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+
+import psycopg.waiting
+from flask import current_app
+
+from chatsvc import db, notify
+from chatsvc.config import Settings
+from chatsvc.streaming import Checkpointer, Generator
+
+log = logging.getLogger(__name__)
+
+
+def check_cooperative() -> None:
+    """Refuse to run with psycopg's C wait function: every query would block the whole worker."""
+    if psycopg.waiting.wait.__name__ == "wait_c":
+        raise RuntimeError(
+            "psycopg was imported before gevent patched the standard library, so every query "
+            "would block the whole worker. Import chatsvc.wsgi only in a gevent-patched process "
+            "(gunicorn -k gevent without --preload), or call gevent.monkey.patch_all() first."
+        )
+
+
+class Runtime:
+    """Per-process state, attached to the Flask app as app.extensions['chatsvc']."""
+
+    def __init__(self, settings: Settings, url: str) -> None:
+        check_cooperative()
+        self.settings = settings
+        self.url = url
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.pool = db.make_pool(url, settings.pool_size)
+        self.hub = notify.Hub(settings.subscriber_queue)
+        self.checkpointer = Checkpointer(url, settings, self.hub.publish)
+        self.listener = notify.Listener(url, self.hub, own_pids=self._own_pids)
+        self.generator = Generator(settings, self.pool, self.checkpointer)
+        self.hub.on_event(self._on_event)
+        self.started = False
+
+    def _own_pids(self) -> set[int]:
+        return self.checkpointer.backend_pids
+
+    def _on_event(self, event: notify.Event) -> None:
+        if isinstance(event, notify.CancelRequested):
+            self.checkpointer.request_cancel(event.message_id)
+
+    def start(self) -> None:
+        """Start the background greenlets (idempotent)."""
+        if self.started:
+            return
+        self.started = True
+        self.listener.start()
+        self.checkpointer.start()
+
+    def stop(self) -> None:
+        """Stop everything and close connections."""
+        self.hub.broadcast(notify.CLOSING)
+        self.checkpointer.abandon_all()
+        self.listener.stop()
+        self.checkpointer.stop()
+        self.pool.close()
+
+
+def runtime() -> Runtime:
+    """The Runtime of the current Flask app."""
+    rt: Runtime = current_app.extensions["chatsvc"]
+    return rt

@@ -1,0 +1,70 @@
+"""Server-Sent Events (SPEC section 3): turning a follower into a text/event-stream response."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from uuid import UUID
+
+from flask import Response, request
+
+from chatsvc import jsonio
+from chatsvc.errors import InvalidRequest
+from chatsvc.followers import ConversationFollower, Cursor, Follower, MessageFollower, Out
+from chatsvc.runtime import Runtime
+from chatsvc.validation import parse_offset
+
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+RETRY = "retry: 1000\n\n"
+PING = ": ping\n\n"
+
+
+def format_event(out: Out) -> str:
+    """One SSE event; JSON keeps data on one line whatever the text holds."""
+    id_line = f"id: {out.id}\n" if out.id is not None else ""
+    return f"event: {out.event}\n{id_line}data: {jsonio.dumps(out.data)}\n\n"
+
+
+def _respond(follower: Follower, first: list[Out]) -> Response:
+    def body() -> Iterator[str]:
+        # The first yield sends the headers, so the client knows at once it is connected.
+        yield RETRY
+        for out in follower.events(first):
+            yield PING if out is None else format_event(out)
+
+    response = Response(body(), mimetype="text/event-stream", headers=HEADERS)
+    # Runs when the server closes the response, even if the body never started.
+    response.call_on_close(follower.close)
+    return response
+
+
+def requested_offset() -> int:
+    """Last-Event-ID, else ?offset=, else 0; 400 unless a non-negative integer."""
+    header = request.headers.get("Last-Event-ID")
+    if header is not None and header.strip():
+        return parse_offset(header.strip(), "Last-Event-ID")
+    raw = request.args.get("offset")
+    if raw is not None:
+        return parse_offset(raw, "offset")
+    return 0
+
+
+def message_stream(rt: Runtime, message_id: UUID) -> Response:
+    """GET /api/messages/{id}/stream (the caller checked the message is visible)."""
+    offset = requested_offset()
+    follower = MessageFollower(rt.pool, rt.hub, rt.settings.heartbeat_s)
+    state, first = follower.open(message_id, offset)
+    if state.is_terminal and offset == state.content_length:
+        follower.close()
+        return Response(status=204, headers=HEADERS)
+    return _respond(follower, first)
+
+
+def conversation_stream(rt: Runtime, conversation_id: UUID) -> Response:
+    """GET /api/conversations/{id}/stream (the caller checked the conversation is visible)."""
+    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    cursor = Cursor.parse(raw.strip()) if raw and raw.strip() else None
+    if cursor is None and request.args.get("offset") is not None:
+        raise InvalidRequest("A conversation stream resumes from Last-Event-ID, not ?offset=.")
+    follower = ConversationFollower(rt.pool, rt.hub, rt.settings.heartbeat_s)
+    first = follower.open(conversation_id, cursor)
+    return _respond(follower, first)

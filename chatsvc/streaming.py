@@ -1,0 +1,487 @@
+"""Generating answers: LLM deltas → group-committed checkpoints → NOTIFY.
+
+Each answer this process owns is a `Stream`, fed by a greenlet that reads the LLM.
+One `Checkpointer` greenlet per process commits the new text of every stream it
+owns: as soon as there is any and no commit is in flight (so an idle database
+gets each chunk at once), and otherwise in one transaction for everything that
+arrived meanwhile (group commit). A transaction appends the new text of each
+stream as one chunk row, renews its lease, and sends one NOTIFY for all of them;
+the text becomes visible only after that commit.
+
+Every write is conditional on the stream's epoch and committed length, so a
+process that lost its lease cannot write another byte: its statements match no
+row, and its generator is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import gevent
+import gevent.event
+import psycopg
+from psycopg import Connection
+
+from chatsvc import db, llm, notify
+from chatsvc import messages as message_rows
+from chatsvc.config import Settings
+from chatsvc.errors import Fenced
+from chatsvc.messages import Message
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):  # noqa: N818 - it is an event, not an error
+    """Thrown into a generator greenlet when its answer is cancelled."""
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How an answer ends: terminal status, usage of the last LLM call, readable error."""
+
+    status: str
+    usage: dict[str, int] | None = None
+    estimated: bool = False
+    error: str | None = None
+    called: bool = True
+
+
+@dataclass(eq=False)
+class Stream:
+    """An answer this process owns: what is committed, and what waits for the next checkpoint."""
+
+    message_id: UUID
+    conversation_id: UUID
+    user_id: UUID | None
+    model: str
+    epoch: int
+    committed: int
+    pending: list[str] = field(default_factory=list)
+    renewed_at: float = field(default_factory=time.monotonic)
+    ending: Ending | None = None
+    ended: gevent.event.AsyncResult = field(default_factory=gevent.event.AsyncResult)
+    lost: bool = False
+    cancel_requested: bool = False
+    worker: gevent.Greenlet | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the stream may still be written."""
+        return not self.lost and not self.ended.ready()
+
+
+@dataclass
+class Stats:
+    """Counters for /metrics and the benchmark."""
+
+    transactions: int = 0
+    checkpoints: int = 0
+    chars: int = 0
+    finished: int = 0
+    fenced: int = 0
+    commit_seconds: float = 0.0
+    errors: int = 0
+
+
+# One statement checkpoints every stream in the batch. A stream whose epoch or
+# committed length no longer matches (taken over, ended, or fenced) is simply
+# not returned, and its text is never written.
+CHECKPOINT = """
+WITH b AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(epochs)s::int[], %(starts)s::int[], %(texts)s::text[])
+        AS b(id, epoch, start_offset, content)
+), m AS (
+    UPDATE messages m
+    SET content_length = b.start_offset + char_length(b.content),
+        last_checkpoint_at = CASE WHEN b.content <> '' THEN now() ELSE m.last_checkpoint_at END,
+        lease_expires_at = now() + %(lease)s * interval '1 second'
+    FROM b
+    WHERE m.id = b.id AND m.epoch = b.epoch AND m.status = 'streaming'
+      AND m.content_length = b.start_offset
+    RETURNING m.id, m.cancel_requested_at IS NOT NULL AS cancel, b.start_offset, b.content
+), c AS (
+    INSERT INTO message_chunks (message_id, start_offset, content)
+    SELECT id, start_offset, content FROM m WHERE content <> ''
+)
+SELECT id, cancel FROM m
+"""
+
+# Content, status, usage and error of a finished answer, and its LLM call, in one
+# statement; the chunks it was assembled from are deleted in the same snapshot.
+FINISH = """
+WITH m AS (
+    UPDATE messages m
+    SET status = %(status)s,
+        content = coalesce((SELECT string_agg(c.content, '' ORDER BY c.start_offset)
+                            FROM message_chunks c WHERE c.message_id = m.id), '') || %(tail)s,
+        content_length = %(length)s,
+        usage = jsonb_build_object(
+            'prompt_tokens', %(prompt)s + coalesce(
+                (SELECT sum(l.prompt_tokens) FROM llm_calls l WHERE l.message_id = m.id), 0),
+            'completion_tokens', %(completion)s + coalesce(
+                (SELECT sum(l.completion_tokens) FROM llm_calls l WHERE l.message_id = m.id), 0),
+            'estimated', %(estimated)s OR coalesce(
+                (SELECT bool_or(l.estimated) FROM llm_calls l WHERE l.message_id = m.id), false)),
+        error = %(error)s,
+        completed_at = clock_timestamp(),
+        last_checkpoint_at = now(),
+        owner = NULL,
+        lease_expires_at = NULL
+    WHERE m.id = %(id)s AND m.epoch = %(epoch)s AND m.status = 'streaming'
+      AND m.content_length = %(start)s
+    RETURNING m.id, m.user_id, m.usage
+), calls AS (
+    INSERT INTO llm_calls (message_id, user_id, epoch, model, prompt_tokens, completion_tokens,
+                           estimated)
+    SELECT id, user_id, %(epoch)s, %(model)s, %(prompt)s, %(completion)s, %(estimated)s
+    FROM m WHERE %(called)s
+), chunks AS (
+    DELETE FROM message_chunks c USING m WHERE c.message_id = m.id
+)
+SELECT usage FROM m
+"""
+
+RECONCILE = "SELECT id, epoch, status, content_length FROM messages WHERE id = ANY(%s)"
+
+
+class Checkpointer:
+    """The process's one committer: group-commits the text of every stream it owns."""
+
+    def __init__(self, url: str, settings: Settings, publish: Callable[[list[notify.Event]], None]):
+        self.url = url
+        self.settings = settings
+        self.publish = publish
+        self.streams: dict[UUID, Stream] = {}
+        self.stats = Stats()
+        self.backend_pids: set[int] = set()
+        self.renew_every = settings.lease_s / 3
+        self._wake = gevent.event.Event()
+        self._conn: Connection[Any] | None = None
+        self._uncertain: list[Stream] = []
+        self._stopped = False
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        """Run in a greenlet."""
+        self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        """Stop after the in-flight commit."""
+        self._stopped = True
+        self._wake.set()
+        if self._greenlet is not None:
+            self._greenlet.join(timeout=5)
+        if self._conn is not None:
+            self._conn.close()
+
+    def abandon_all(self) -> None:
+        """Stop every generator without writing: their leases expire and others take over."""
+        for stream in list(self.streams.values()):
+            self.streams.pop(stream.message_id, None)
+            stream.lost = True
+            if stream.worker is not None:
+                stream.worker.kill(Fenced, block=False)
+            if not stream.ended.ready():
+                stream.ended.set(False)
+
+    def adopt(self, stream: Stream) -> None:
+        """Start checkpointing a stream this process now owns."""
+        self.streams[stream.message_id] = stream
+
+    def append(self, stream: Stream, text: str) -> None:
+        """Queue new text for the next checkpoint (no I/O: the generator never waits on the database)."""
+        if stream.ending is None and not stream.lost:
+            stream.pending.append(text)
+            self._wake.set()
+
+    def end(self, stream: Stream, ending: Ending) -> bool:
+        """Commit the ending with all remaining text; False if the stream was lost meanwhile."""
+        stream.ending = ending
+        self._wake.set()
+        while True:
+            try:
+                return bool(stream.ended.get())
+            except Cancelled:
+                continue  # a cancel that arrived as the answer was ending changes nothing
+
+    def request_cancel(self, message_id: UUID) -> None:
+        """Stop the generator of a stream this process owns (called on a cancel event)."""
+        stream = self.streams.get(message_id)
+        if stream is None or stream.ending is not None or stream.cancel_requested:
+            return
+        stream.cancel_requested = True
+        if stream.worker is not None:
+            stream.worker.kill(Cancelled, block=False)
+
+    # --- the loop -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not (self._stopped and not self.streams):
+            self._wake.wait(timeout=self.renew_every)
+            self._wake.clear()
+            try:
+                conn = self._connection()
+                if self._uncertain:
+                    self._reconcile(conn)
+                batch = self._due()
+                if batch:
+                    self._commit(conn, batch)
+                backoff = 0.05
+            except psycopg.Error as exc:
+                self.stats.errors += 1
+                log.warning("checkpoint failed (%s); retrying in %.2fs", exc, backoff)
+                self._drop_connection()
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                self._wake.set()
+            except Exception:
+                self.stats.errors += 1
+                log.exception("checkpointer error")
+                gevent.sleep(backoff)
+                self._wake.set()
+            if self._stopped and not self.streams:
+                return
+
+    def _connection(self) -> Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = db.connect(self.url, purpose="chatsvc-checkpoint")
+            self.backend_pids.add(self._conn.info.backend_pid)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+    def _due(self) -> list[Stream]:
+        now = time.monotonic()
+        return [
+            s for s in self.streams.values()
+            if s.pending or s.ending is not None or now - s.renewed_at >= self.renew_every
+        ]
+
+    def _commit(self, conn: Connection[Any], batch: list[Stream]) -> None:
+        started = time.monotonic()
+        ongoing = sorted((s for s in batch if s.ending is None), key=lambda s: s.message_id)
+        ending = [s for s in batch if s.ending is not None]
+        texts = {s: "".join(s.pending) for s in batch}
+        counts = {s: len(s.pending) for s in batch}
+        events: list[notify.Event] = []
+        self._uncertain = batch
+        with conn.transaction():
+            written, cancels = self._checkpoint(conn, ongoing, texts, events)
+            finished = {s for s in ending if self._finish(conn, s, texts[s], events)}
+            notify.send(conn, events)
+        self._uncertain = []
+        self.stats.transactions += 1
+        self.stats.commit_seconds += time.monotonic() - started
+        for stream in ongoing:
+            if stream in written:
+                del stream.pending[: counts[stream]]
+                stream.committed += len(texts[stream])
+                stream.renewed_at = started
+                self.stats.checkpoints += 1 if texts[stream] else 0
+                self.stats.chars += len(texts[stream])
+            else:
+                self._lose(stream)
+        for stream in ending:
+            self.streams.pop(stream.message_id, None)
+            if stream in finished:
+                stream.committed += len(texts[stream])
+                self.stats.finished += 1
+                stream.ended.set(True)
+            else:
+                self._lose(stream)
+        self.publish(events)
+        for message_id in cancels:
+            self.request_cancel(message_id)
+
+    def _checkpoint(
+        self,
+        conn: Connection[Any],
+        streams: list[Stream],
+        texts: dict[Stream, str],
+        events: list[notify.Event],
+    ) -> tuple[set[Stream], list[UUID]]:
+        if not streams:
+            return set(), []
+        params = {
+            "ids": [s.message_id for s in streams],
+            "epochs": [s.epoch for s in streams],
+            "starts": [s.committed for s in streams],
+            "texts": [texts[s] for s in streams],
+            "lease": self.settings.lease_s,
+        }
+        rows = conn.execute(CHECKPOINT, params).fetchall()
+        ok = {row[0] for row in rows}
+        cancels = [row[0] for row in rows if row[1]]
+        written = {s for s in streams if s.message_id in ok}
+        for s in streams:
+            if s in written and texts[s]:
+                end = s.committed + len(texts[s])
+                events.append(
+                    notify.Delta(s.conversation_id, s.message_id, s.committed, end, texts[s])
+                )
+        return written, cancels
+
+    def _finish(
+        self, conn: Connection[Any], stream: Stream, tail: str, events: list[notify.Event]
+    ) -> bool:
+        ending = stream.ending
+        assert ending is not None
+        usage = ending.usage or {}
+        length = stream.committed + len(tail)
+        row = conn.execute(FINISH, {
+            "id": stream.message_id,
+            "epoch": stream.epoch,
+            "start": stream.committed,
+            "tail": tail,
+            "length": length,
+            "status": ending.status,
+            "error": ending.error,
+            "model": stream.model,
+            "prompt": int(usage.get("prompt_tokens", 0)),
+            "completion": int(usage.get("completion_tokens", 0)),
+            "estimated": ending.estimated,
+            "called": ending.called,
+        }).fetchone()
+        if row is None:
+            return False
+        if tail:
+            events.append(notify.Delta(
+                stream.conversation_id, stream.message_id, stream.committed, length, tail
+            ))
+        events.append(notify.Finished(
+            stream.conversation_id, stream.message_id, ending.status, length, row[0], ending.error
+        ))
+        return True
+
+    def _lose(self, stream: Stream) -> None:
+        """The database says we no longer own this stream: stop it, write nothing more."""
+        self.streams.pop(stream.message_id, None)
+        if stream.lost:
+            return
+        stream.lost = True
+        stream.pending.clear()
+        self.stats.fenced += 1
+        log.warning("lost stream %s (epoch %d): stopping its generator",
+                    stream.message_id, stream.epoch)
+        if stream.ending is not None:
+            stream.ended.set(False)
+        elif stream.worker is not None:
+            stream.worker.kill(Fenced, block=False)
+
+    def _reconcile(self, conn: Connection[Any]) -> None:
+        """After a failed commit, learn from the database whether it happened after all."""
+        streams, self._uncertain = self._uncertain, []
+        rows = conn.execute(RECONCILE, ([s.message_id for s in streams],)).fetchall()
+        conn.rollback()
+        state = {row[0]: row[1:] for row in rows}
+        for stream in streams:
+            epoch, status, length = state.get(stream.message_id, (None, None, None))
+            if epoch != stream.epoch:
+                self._lose(stream)
+            elif status != "streaming":
+                # The ending did commit (only we could end it at this epoch).
+                self.streams.pop(stream.message_id, None)
+                stream.committed = length
+                stream.ended.set(True)
+            elif length != stream.committed:
+                # The checkpoint committed, and its NOTIFY went out with it; tell
+                # local subscribers, who read the text from the database.
+                text = "".join(stream.pending)
+                taken = length - stream.committed
+                consumed = 0
+                while stream.pending and consumed + len(stream.pending[0]) <= taken:
+                    consumed += len(stream.pending.pop(0))
+                if consumed != taken:
+                    log.error("stream %s: committed length %d does not match pending text",
+                              stream.message_id, length)
+                    self._lose(stream)
+                    continue
+                self.publish([notify.Delta(stream.conversation_id, stream.message_id,
+                                           stream.committed, length, text[:taken])])
+                stream.committed = length
+
+
+class Generator:
+    """Starts and runs the answers this process owns, one greenlet each."""
+
+    def __init__(self, settings: Settings, pool: Any, checkpointer: Checkpointer) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.checkpointer = checkpointer
+
+    def start(self, message: Message, *, resumed: bool = False) -> Stream:
+        """Begin (or, after a takeover, continue) generating an answer this process owns."""
+        stream = Stream(
+            message_id=message.id,
+            conversation_id=message.conversation_id,
+            user_id=message.user_id,
+            model=message.model or self.settings.model,
+            epoch=message.epoch,
+            committed=message.content_length,
+        )
+        self.checkpointer.adopt(stream)
+        stream.worker = gevent.spawn(self._run, stream, resumed)
+        return stream
+
+    def _prompt(self, stream: Stream, resumed: bool) -> list[dict[str, str]]:
+        with self.pool.connection() as conn:
+            rows = message_rows.in_conversation(conn, stream.conversation_id)
+        history: list[tuple[str, str]] = []
+        partial = None
+        for row in rows:
+            if row.id == stream.message_id:
+                partial = row.content[: stream.committed] if resumed else None
+                break
+            history.append((row.role, row.content))
+        return llm.prompt_for(history, partial)
+
+    def _run(self, stream: Stream, resumed: bool) -> None:
+        usage: dict[str, int] | None = None
+        produced: list[str] = []
+        prompt: list[dict[str, str]] = []
+        try:
+            prompt = self._prompt(stream, resumed)
+            for piece in llm.stream(self.settings, stream.model, prompt):
+                if piece.text:
+                    produced.append(piece.text)
+                    self.checkpointer.append(stream, piece.text)
+                if piece.usage is not None:
+                    usage = piece.usage
+            ending = self._ending("completed", usage, prompt, produced)
+        except Cancelled:
+            ending = self._ending("cancelled", usage, prompt, produced)
+        except Fenced:
+            return
+        except Exception as exc:
+            log.warning("answer %s failed: %s", stream.message_id, exc)
+            ending = self._ending("failed", usage, prompt, produced,
+                                  error=llm.readable_error(exc))
+        self.checkpointer.end(stream, ending)
+
+    @staticmethod
+    def _ending(
+        status: str,
+        usage: dict[str, int] | None,
+        prompt: list[dict[str, str]],
+        produced: list[str],
+        error: str | None = None,
+    ) -> Ending:
+        if not prompt:
+            return Ending(status, error=error, called=False)
+        if usage is not None:
+            return Ending(status, usage=usage, error=error)
+        estimate = {
+            "prompt_tokens": llm.estimate_tokens(json.dumps(prompt)),
+            "completion_tokens": llm.estimate_tokens("".join(produced)),
+        }
+        return Ending(status, usage=estimate, estimated=True, error=error)

@@ -1,0 +1,118 @@
+"""What is streaming right now, read from the psql views (any process, any time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from psycopg import Connection
+from psycopg.rows import class_row
+
+from chatsvc.conversations import VISIBLE_TO
+
+
+@dataclass(frozen=True)
+class ActiveStream:
+    """One row of the active_streams view."""
+
+    message_id: UUID
+    conversation_id: UUID
+    owner: str | None
+    epoch: int
+    started_at: datetime
+    last_checkpoint_at: datetime | None
+    lease_expires_at: datetime | None
+    content_length: int
+    age: timedelta
+    cancel_requested_at: datetime | None
+    resume_count: int
+    model: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The API representation (GET /api/streams)."""
+        return {
+            "message_id": self.message_id,
+            "conversation_id": self.conversation_id,
+            "owner": self.owner,
+            "epoch": self.epoch,
+            "started_at": self.started_at,
+            "last_checkpoint_at": self.last_checkpoint_at,
+            "lease_expires_at": self.lease_expires_at,
+            "content_length": self.content_length,
+            "age_s": round(self.age.total_seconds(), 3),
+            "cancel_requested": self.cancel_requested_at is not None,
+            "resume_count": self.resume_count,
+            "model": self.model,
+        }
+
+
+@dataclass(frozen=True)
+class ConversationStatus:
+    """The body of GET /api/conversations/{id}/status."""
+
+    conversation_id: UUID
+    is_streaming: bool
+    active_message_id: UUID | None
+    message_id: UUID | None
+    status: str | None
+    content_length: int
+    epoch: int | None
+    started_at: datetime | None
+    last_checkpoint_at: datetime | None
+    lease_expires_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The API representation; `message_id` is the latest answer, streaming or not."""
+        return {
+            "conversation_id": self.conversation_id,
+            "is_streaming": self.is_streaming,
+            "active_message_id": self.active_message_id,
+            "message_id": self.message_id,
+            "status": self.status,
+            "content_length": self.content_length,
+            "epoch": self.epoch,
+            "started_at": self.started_at,
+            "last_checkpoint_at": self.last_checkpoint_at,
+            "lease_expires_at": self.lease_expires_at,
+        }
+
+
+_STREAM_COLUMNS = """s.message_id, s.conversation_id, s.owner, s.epoch, s.started_at,
+    s.last_checkpoint_at, s.lease_expires_at, s.content_length, s.age, s.cancel_requested_at,
+    s.resume_count, s.model"""
+
+SELECT_VISIBLE_STREAMS = f"""
+SELECT {_STREAM_COLUMNS} FROM active_streams s JOIN conversations c ON c.id = s.conversation_id
+WHERE %(all)s OR {VISIBLE_TO}
+ORDER BY s.started_at
+"""
+
+
+def active(conn: Connection[Any], user_id: UUID | None, *, everything: bool) -> list[ActiveStream]:
+    """Streams the user may see, or every stream when `everything` (admins, the CLI)."""
+    cur = conn.cursor(row_factory=class_row(ActiveStream))
+    return cur.execute(SELECT_VISIBLE_STREAMS, {"all": everything, "user": user_id}).fetchall()
+
+
+# The latest answer of the conversation, whether it is streaming or has ended.
+SELECT_STATUS = """
+SELECT cs.conversation_id, cs.is_streaming, cs.active_message_id,
+       a.id AS message_id, a.status, coalesce(a.content_length, 0) AS content_length, a.epoch,
+       a.created_at AS started_at, a.last_checkpoint_at, a.lease_expires_at
+FROM conversation_status cs
+LEFT JOIN LATERAL (
+    SELECT m.id, m.status, m.content_length, m.epoch, m.created_at, m.last_checkpoint_at,
+           m.lease_expires_at
+    FROM messages m WHERE m.conversation_id = cs.conversation_id AND m.role = 'assistant'
+    ORDER BY m.seq DESC LIMIT 1
+) a ON true
+WHERE cs.conversation_id = %s
+"""
+
+
+def conversation_status(conn: Connection[Any], conversation_id: UUID) -> ConversationStatus | None:
+    """Whether a conversation is streaming, and the state of its latest answer."""
+    cur = conn.cursor(row_factory=class_row(ConversationStatus))
+    return cur.execute(SELECT_STATUS, (conversation_id,)).fetchone()

@@ -1,0 +1,126 @@
+"""Migrations: applied once, idempotent, concurrent-safe, and giving the documented schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+import psycopg
+import pytest
+
+from chatsvc import migrations
+from tests.conftest import database_url, drop_database
+
+SCHEMA_QUERY = """
+SELECT table_name, column_name, data_type, is_nullable, column_default
+FROM information_schema.columns WHERE table_schema = 'public'
+ORDER BY table_name, ordinal_position
+"""
+INDEX_QUERY = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+
+
+def _schema(url: str) -> tuple[list[Any], list[Any]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(SCHEMA_QUERY).fetchall(), conn.execute(INDEX_QUERY).fetchall()
+
+
+@pytest.fixture
+def empty_db(pg_server: str) -> Any:
+    name = "chatsvc_empty_" + str(id(object()))
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield database_url(pg_server, name)
+    drop_database(pg_server, name)
+
+
+def test_upgrade_twice_is_a_noop_the_second_time(empty_db: str) -> None:
+    assert migrations.upgrade(empty_db) == ["0001.initial"]
+    first = _schema(empty_db)
+    assert migrations.upgrade(empty_db) == []
+    assert _schema(empty_db) == first
+    assert [(m.id, m.applied) for m in migrations.status(empty_db)] == [("0001.initial", True)]
+
+
+def test_concurrent_upgrades_apply_each_migration_once(empty_db: str) -> None:
+    results = [gevent.spawn(migrations.upgrade, empty_db) for _ in range(4)]
+    gevent.joinall(results, raise_error=True)
+    applied = [r.value for r in results]
+    assert sorted(applied, key=len) == [[], [], [], ["0001.initial"]]
+    with psycopg.connect(empty_db) as conn:
+        assert migrations.pending(conn) == []
+
+
+def test_pending_lists_unapplied_migrations(empty_db: str) -> None:
+    with psycopg.connect(empty_db) as conn:
+        assert migrations.pending(conn) == ["0001.initial"]
+
+
+def _columns(conn: psycopg.Connection[Any], table: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,)
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_schema_has_what_the_spec_documents(conn: psycopg.Connection[Any]) -> None:
+    for table in ("users", "api_tokens", "projects", "project_members", "conversations",
+                  "messages", "message_chunks", "llm_calls", "sessions"):
+        assert _columns(conn, table), f"missing table {table}"
+    assert {
+        "id", "conversation_id", "role", "status", "content", "epoch", "owner",
+        "lease_expires_at", "cancel_requested_at", "client_message_id", "usage", "model",
+        "error", "created_at", "completed_at", "resume_count", "content_length",
+    } <= _columns(conn, "messages")
+    assert {
+        "message_id", "conversation_id", "owner", "epoch", "started_at", "last_checkpoint_at",
+        "lease_expires_at", "content", "content_length", "age",
+    } <= _columns(conn, "active_streams")
+    assert {"conversation_id", "is_streaming", "active_message_id"} <= _columns(
+        conn, "conversation_status"
+    )
+    assert "token_hash" in _columns(conn, "api_tokens")
+    assert "token" not in _columns(conn, "api_tokens")
+    indexes = dict(conn.execute(INDEX_QUERY).fetchall())
+    assert "WHERE (status = 'streaming'::text)" in indexes["messages_one_streaming_per_conversation"]
+    assert "UNIQUE" in indexes["messages_client_message_id"]
+
+
+def _conversation(conn: psycopg.Connection[Any]) -> Any:
+    user = conn.execute("INSERT INTO users (name) VALUES ('u') RETURNING id").fetchone()[0]
+    return user, conn.execute(
+        "INSERT INTO conversations (user_id) VALUES (%s) RETURNING id", (user,)
+    ).fetchone()[0]
+
+
+def test_database_allows_one_streaming_answer_per_conversation(
+    conn: psycopg.Connection[Any],
+) -> None:
+    _, conversation = _conversation(conn)
+    insert = ("INSERT INTO messages (conversation_id, role, status) "
+              "VALUES (%s, 'assistant', 'streaming')")
+    conn.execute(insert, (conversation,))
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(insert, (conversation,))
+
+
+def test_client_message_id_is_unique_per_conversation(conn: psycopg.Connection[Any]) -> None:
+    _, conversation = _conversation(conn)
+    insert = ("INSERT INTO messages (conversation_id, role, status, client_message_id, "
+              "completed_at) VALUES (%s, 'user', 'completed', 'abc', now())")
+    conn.execute(insert, (conversation,))
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(insert, (conversation,))
+
+
+def test_psql_cancel_update_notifies_the_owner(conn: psycopg.Connection[Any], db_url: str) -> None:
+    _, conversation = _conversation(conn)
+    message = conn.execute(
+        "INSERT INTO messages (conversation_id, role, status) VALUES (%s, 'assistant', "
+        "'streaming') RETURNING id", (conversation,)
+    ).fetchone()[0]
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN chatsvc")
+        conn.execute("UPDATE messages SET cancel_requested_at = now() WHERE id = %s", (message,))
+        notices = list(listener.notifies(timeout=2, stop_after=1))
+    assert len(notices) == 1
+    assert notices[0].payload == f'[["c", "{conversation}", "{message}"]]'

@@ -1,0 +1,184 @@
+"""Test helpers: the app served in-process, an API client, an SSE reader, users."""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import psycopg
+import requests
+from gevent.pywsgi import WSGIServer
+
+from chatsvc import users
+from chatsvc.app import create_app
+from chatsvc.config import Settings
+from chatsvc.fakellm import FakeLLM
+from chatsvc.runtime import Runtime
+
+TEST_SETTINGS = Settings(
+    checkpoint_ms=100,
+    lease_s=3.0,
+    heartbeat_s=15.0,
+    offline_delay_s=0.002,
+    pool_size=5,
+)
+
+
+def make_user(db_url: str, name: str, *, admin: bool = False, token_limit: int | None = None) -> str:
+    """Create a user directly in the database and return a token."""
+    with psycopg.connect(db_url) as conn:
+        user = users.create_user(conn, name, admin=admin, token_limit=token_limit)
+        return users.create_token(conn, user.id)
+
+
+class AppServer:
+    """create_app() served by gevent's WSGI server on an ephemeral 127.0.0.1 port."""
+
+    def __init__(self, db_url: str, settings: Settings | None = None) -> None:
+        self.db_url = db_url
+        self.settings = settings or TEST_SETTINGS
+        self.app = create_app(self.settings, database_url=db_url)
+        self.server = WSGIServer(("127.0.0.1", 0), self.app, log=None, error_log=None)
+        self.server.start()
+        self.base = f"http://127.0.0.1:{self.server.server_port}"
+
+    @property
+    def runtime(self) -> Runtime:
+        """The app's per-process runtime."""
+        rt: Runtime = self.app.extensions["chatsvc"]
+        return rt
+
+    def stop(self) -> None:
+        """Stop serving and stop the runtime."""
+        self.server.stop(timeout=1)
+        self.runtime.stop()
+
+
+class FakeLLMServer:
+    """The fake OpenAI-compatible LLM on an ephemeral 127.0.0.1 port (in this process)."""
+
+    def __init__(self) -> None:
+        self.app = FakeLLM()
+        self.server = WSGIServer(("127.0.0.1", 0), self.app, log=None, error_log=None)
+        self.server.start()
+        self.api_base = f"http://127.0.0.1:{self.server.server_port}/v1"
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.server.stop(timeout=1)
+
+
+class ApiClient:
+    """requests with a base URL and a Bearer token."""
+
+    def __init__(self, base: str, token: str | None) -> None:
+        self.base = base
+        self.token = token
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """Send a request; the timeout defaults to 10 s."""
+        kwargs.setdefault("timeout", 10)
+        return self.session.request(method, self.base + path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        """GET."""
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
+        """POST a JSON body."""
+        if body is not None:
+            kwargs["json"] = body
+        return self.request("POST", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> requests.Response:
+        """DELETE."""
+        return self.request("DELETE", path, **kwargs)
+
+    def conversation(self, **body: Any) -> dict[str, Any]:
+        """Create a conversation and return it."""
+        response = self.post("/api/conversations", body)
+        assert response.status_code == 201, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def send(self, conversation_id: str, content: str, **extra: Any) -> dict[str, Any]:
+        """Send a message; returns the 202 body."""
+        response = self.post(f"/api/conversations/{conversation_id}/messages",
+                             {"content": content, **extra})
+        assert response.status_code == 202, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def wait_terminal(self, message_id: str, timeout: float = 20) -> dict[str, Any]:
+        """Follow the message's SSE stream to `done`, then return the message row."""
+        with gevent.Timeout(timeout):
+            events = list(self.sse(f"/api/messages/{message_id}/stream"))
+        assert events and events[-1].event == "done", events[-3:]
+        result: dict[str, Any] = self.get(f"/api/messages/{message_id}").json()
+        return result
+
+    def sse(self, path: str, headers: dict[str, str] | None = None,
+            timeout: float = 30) -> Iterator[SseEvent]:
+        """The events of an SSE response until the server closes it."""
+        response = self.get(path, headers=headers or {}, stream=True, timeout=timeout)
+        assert response.status_code == 200, (response.status_code, response.text)
+        try:
+            yield from read_sse(response)
+        finally:
+            response.close()
+
+
+@dataclass
+class SseEvent:
+    """One parsed SSE event (or comment / retry field)."""
+
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry: int | None = None
+    comments: list[str] = field(default_factory=list)
+
+    def json(self) -> Any:
+        """The data as JSON."""
+        return json.loads(self.data)
+
+
+def read_sse(response: requests.Response) -> Iterator[SseEvent]:
+    """Parse an SSE body as it arrives (WHATWG rules, enough for our server)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    buffer = ""
+    current = SseEvent()
+    data_lines: list[str] = []
+    seen_field = False
+    for chunk in response.iter_content(chunk_size=None):
+        buffer += decoder.decode(chunk)
+        while "\n" in buffer:
+            line, buffer = buffer.split("\n", 1)
+            line = line.rstrip("\r")
+            if line == "":
+                if seen_field:
+                    current.data = "\n".join(data_lines)
+                    yield current
+                current, data_lines, seen_field = SseEvent(), [], False
+                continue
+            seen_field = True
+            if line.startswith(":"):
+                current.comments.append(line[1:].strip())
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                current.event = value
+            elif name == "data":
+                data_lines.append(value)
+            elif name == "id":
+                current.id = value
+            elif name == "retry":
+                current.retry = int(value)
