@@ -29,7 +29,7 @@ class JSONProvider(DefaultJSONProvider):
 
     ensure_ascii = False
     sort_keys = False
-    default = staticmethod(jsonio.default)  # type: ignore[assignment]
+    default = staticmethod(jsonio.default)
 
 
 def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> Flask:
@@ -86,7 +86,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
         log.exception("unhandled error")
-        response = jsonify({"error": {"code": "internal_error",
-                                      "message": "Something went wrong on our side."}})
+        response = jsonify(
+            {"error": {"code": "internal_error", "message": "Something went wrong on our side."}}
+        )
         response.status_code = 500
         return response

@@ -20,7 +20,7 @@ def current_user() -> User:
 
 
 def authenticate() -> None:
-    """Identify the caller from the Authorization header, else the session cookie; 401 if neither."""
+    """Identify the caller by Bearer token, else by session cookie; 401 if neither."""
     header = request.headers.get("Authorization")
     cookie = request.cookies.get(COOKIE)
     user: User | None = None

@@ -46,7 +46,9 @@ def _connection() -> Iterator[Connection[Any]]:
 @click.group()
 def main() -> None:
     """chatsvc: durable, resumable LLM answer streams on Postgres."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @main.command()
@@ -151,14 +153,18 @@ def streams_command() -> None:
     if not rows:
         click.echo("no active streams")
         return
-    click.echo(f"{'message_id':36}  {'conversation_id':36}  {'epoch':>5}  {'length':>7}  "
-               f"{'age_s':>7}  {'lease_s':>7}  owner")
+    click.echo(
+        f"{'message_id':36}  {'conversation_id':36}  {'epoch':>5}  {'length':>7}  "
+        f"{'age_s':>7}  {'lease_s':>7}  owner"
+    )
     for s in rows:
         lease = "-"
         if s.lease_expires_at is not None and s.last_checkpoint_at is not None:
             lease = f"{(s.lease_expires_at - s.started_at - s.age).total_seconds():7.1f}"
-        click.echo(f"{s.message_id}  {s.conversation_id}  {s.epoch:>5}  {s.content_length:>7}  "
-                   f"{s.age.total_seconds():7.1f}  {lease:>7}  {s.owner or '-'}")
+        click.echo(
+            f"{s.message_id}  {s.conversation_id}  {s.epoch:>5}  {s.content_length:>7}  "
+            f"{s.age.total_seconds():7.1f}  {lease:>7}  {s.owner or '-'}"
+        )
 
 
 @main.command("show")

@@ -17,7 +17,9 @@ log = logging.getLogger(__name__)
 _CONNECT_OPTIONS = "-c statement_timeout=30000 -c lock_timeout=10000"
 
 
-def connect(url: str, *, autocommit: bool = False, purpose: str = "chatsvc") -> Connection[TupleRow]:
+def connect(
+    url: str, *, autocommit: bool = False, purpose: str = "chatsvc"
+) -> Connection[TupleRow]:
     """Open one dedicated connection (the listener and the checkpointer each keep one)."""
     return psycopg.connect(
         url,
@@ -47,4 +49,3 @@ def make_pool(url: str, size: int, *, name: str = "chatsvc") -> ConnectionPool:
     )
     pool.open(wait=False)
     return pool
-

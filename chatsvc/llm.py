@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import re
@@ -15,16 +17,17 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_TELEMETRY", "False")
 
-import litellm  # noqa: E402
-from litellm import CustomLLM  # noqa: E402
-from litellm.types.utils import GenericStreamingChunk  # noqa: E402
+import litellm
+from litellm.llms.custom_llm import CustomLLM
+from litellm.types.utils import GenericStreamingChunk
 
-from chatsvc.config import OFFLINE_MODEL, Settings  # noqa: E402
+from chatsvc.config import OFFLINE_MODEL, Settings
 
 # litellm's per-chunk logging runs in a thread pool that breaks under gevent.
 litellm.disable_streaming_logging = True
 litellm.suppress_debug_info = True
 litellm.telemetry = False
+logging.getLogger("LiteLLM").setLevel(logging.WARNING)
 
 CONTINUE_INSTRUCTION = (
     "Your previous answer was cut off. Continue it exactly where it stopped: do not "
@@ -38,6 +41,7 @@ class Piece:
 
     text: str
     usage: dict[str, int] | None = None
+    estimated: bool = False
 
 
 def prompt_for(history: list[tuple[str, str]], partial: str | None) -> list[dict[str, str]]:
@@ -50,7 +54,7 @@ def prompt_for(history: list[tuple[str, str]], partial: str | None) -> list[dict
 
 
 def stream(settings: Settings, model: str, messages: list[dict[str, str]]) -> Iterator[Piece]:
-    """Stream a completion; yields text pieces and, at the end, the usage if the provider gives it."""
+    """Stream a completion: text pieces, then one piece with the call's usage."""
     kwargs: dict[str, Any] = {
         "model": model,
         "messages": messages,
@@ -66,21 +70,24 @@ def stream(settings: Settings, model: str, messages: list[dict[str, str]]) -> It
     if model == OFFLINE_MODEL:
         kwargs["delay"] = settings.offline_delay_s
     response = litellm.completion(**kwargs)
+    usage: dict[str, int] | None = None
     try:
         for chunk in response:
-            text = ""
-            if chunk.choices:
-                text = chunk.choices[0].delta.content or ""
-            usage = getattr(chunk, "usage", None)
-            if usage is not None and getattr(usage, "completion_tokens", None) is not None:
-                yield Piece(text, {
-                    "prompt_tokens": int(usage.prompt_tokens or 0),
-                    "completion_tokens": int(usage.completion_tokens or 0),
-                })
-            elif text:
-                yield Piece(text)
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield Piece(chunk.choices[0].delta.content)
+            reported = getattr(chunk, "usage", None)
+            if reported is not None and getattr(reported, "completion_tokens", None) is not None:
+                usage = {
+                    "prompt_tokens": int(reported.prompt_tokens or 0),
+                    "completion_tokens": int(reported.completion_tokens or 0),
+                }
     finally:
         _close(response)
+    if usage is not None:
+        # litellm counts tokens itself when the provider sends no usage; its raw
+        # chunks tell whether the provider did.
+        provided = any(c.get("usage") is not None for c in getattr(response, "chunks", ()))
+        yield Piece("", usage, estimated=not provided)
 
 
 def _close(response: Any) -> None:
@@ -89,10 +96,8 @@ def _close(response: Any) -> None:
         inner = getattr(response, attr, None)
         close = getattr(inner, "close", None)
         if callable(close):
-            try:
+            with contextlib.suppress(Exception):  # nothing useful to do with a failed close
                 close()
-            except Exception:  # noqa: S110 - nothing useful to do with a failed close
-                pass
 
 
 def estimate_tokens(text: str) -> int:
@@ -138,7 +143,7 @@ def offline_pieces(text: str) -> list[str]:
     return re.findall(r"\S+\s*|\s+", text)
 
 
-class OfflineModel(CustomLLM):  # type: ignore[misc]
+class OfflineModel(CustomLLM):
     """A litellm custom provider that streams a deterministic answer at a realistic pace."""
 
     def streaming(self, *args: Any, **kwargs: Any) -> Iterator[GenericStreamingChunk]:
@@ -148,7 +153,7 @@ class OfflineModel(CustomLLM):  # type: ignore[misc]
         partial = ""
         if messages and messages[-1]["content"] == CONTINUE_INSTRUCTION and len(messages) > 1:
             partial = messages[-2]["content"]
-        rest = answer[len(partial):] if answer.startswith(partial) else answer
+        rest = answer[len(partial) :] if answer.startswith(partial) else answer
         pieces = offline_pieces(rest)
         for index, piece in enumerate(pieces):
             time.sleep(delay)
@@ -163,7 +168,8 @@ class OfflineModel(CustomLLM):  # type: ignore[misc]
 
     def completion(self, *args: Any, **kwargs: Any) -> Any:
         return litellm.mock_completion(
-            model=kwargs["model"], messages=kwargs["messages"],
+            model=kwargs["model"],
+            messages=kwargs["messages"],
             mock_response=offline_answer(kwargs["messages"]),
         )
 

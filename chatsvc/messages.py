@@ -206,13 +206,13 @@ def in_conversation(conn: Connection[Any], conversation_id: UUID) -> list[Messag
 # never pairs text with a status from a different moment. While streaming, only
 # the chunks that reach past the offset are read.
 SELECT_TEXT_FROM = """
-SELECT m.id, m.conversation_id, m.status, m.epoch, m.content_length,
+SELECT m.id AS message_id, m.conversation_id, m.status, m.epoch, m.content_length,
        CASE WHEN m.status = 'streaming' THEN coalesce((
            SELECT substr(string_agg(c.content, '' ORDER BY c.start_offset),
                          %(offset)s - min(c.start_offset) + 1)
            FROM message_chunks c
            WHERE c.message_id = m.id AND c.start_offset + char_length(c.content) > %(offset)s), '')
-       ELSE substr(m.content, %(offset)s + 1) END,
+       ELSE substr(m.content, %(offset)s + 1) END AS text,
        m.usage, m.error
 FROM messages m WHERE m.id = %(id)s
 """

@@ -9,8 +9,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import read_migrations
-from yoyo.connections import DatabaseURI
 from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
+from yoyo.connections import DatabaseURI
 
 from chatsvc import db
 

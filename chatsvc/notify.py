@@ -44,7 +44,7 @@ class MessageCreated:
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """Text [start, end) of a message was committed; `text` is None when it was too large to carry."""
+    """Text [start, end) of a message was committed; `text` is None if too large to carry."""
 
     conversation_id: UUID
     message_id: UUID
@@ -211,7 +211,7 @@ class Resync:
 
 
 class Closing:
-    """Sentinel: the process is stopping; end the stream cleanly so the client reconnects elsewhere."""
+    """Sentinel: the process is stopping; end cleanly so the client reconnects elsewhere."""
 
 
 RESYNC = Resync()
@@ -225,7 +225,7 @@ class Subscriber:
 
     hub: Hub
     keys: tuple[UUID, ...]
-    queue: Queue = field(repr=False)  # type: ignore[type-arg]
+    queue: Queue = field(repr=False)
     overflowed: bool = False
 
     def get(self, timeout: float) -> Item | None:

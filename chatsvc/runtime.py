@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def check_cooperative() -> None:
     """Refuse to run with psycopg's C wait function: every query would block the whole worker."""
-    if psycopg.waiting.wait.__name__ == "wait_c":
+    if getattr(psycopg.waiting.wait, "__name__", "") == "wait_c":
         raise RuntimeError(
             "psycopg was imported before gevent patched the standard library, so every query "
             "would block the whole worker. Import chatsvc.wsgi only in a gevent-patched process "

@@ -35,6 +35,9 @@ def gunicorn_options(host: str, port: int, workers: int, **overrides: Any) -> di
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "chatsvc",
+        # Several instances may run on one host (tests, side-by-side deploys);
+        # a shared control socket path would make them collide.
+        "control_socket_disable": True,
     }
     options.update(overrides)
     return options

@@ -37,7 +37,7 @@ from chatsvc.messages import Message
 log = logging.getLogger(__name__)
 
 
-class Cancelled(Exception):  # noqa: N818 - it is an event, not an error
+class Cancelled(Exception):
     """Thrown into a generator greenlet when its answer is cancelled."""
 
 
@@ -195,7 +195,7 @@ class Checkpointer:
         self.streams[stream.message_id] = stream
 
     def append(self, stream: Stream, text: str) -> None:
-        """Queue new text for the next checkpoint (no I/O: the generator never waits on the database)."""
+        """Queue text for the next checkpoint (no I/O: generators never wait on the database)."""
         if stream.ending is None and not stream.lost:
             stream.pending.append(text)
             self._wake.set()
@@ -263,7 +263,8 @@ class Checkpointer:
     def _due(self) -> list[Stream]:
         now = time.monotonic()
         return [
-            s for s in self.streams.values()
+            s
+            for s in self.streams.values()
             if s.pending or s.ending is not None or now - s.renewed_at >= self.renew_every
         ]
 
@@ -338,29 +339,41 @@ class Checkpointer:
         assert ending is not None
         usage = ending.usage or {}
         length = stream.committed + len(tail)
-        row = conn.execute(FINISH, {
-            "id": stream.message_id,
-            "epoch": stream.epoch,
-            "start": stream.committed,
-            "tail": tail,
-            "length": length,
-            "status": ending.status,
-            "error": ending.error,
-            "model": stream.model,
-            "prompt": int(usage.get("prompt_tokens", 0)),
-            "completion": int(usage.get("completion_tokens", 0)),
-            "estimated": ending.estimated,
-            "called": ending.called,
-        }).fetchone()
+        row = conn.execute(
+            FINISH,
+            {
+                "id": stream.message_id,
+                "epoch": stream.epoch,
+                "start": stream.committed,
+                "tail": tail,
+                "length": length,
+                "status": ending.status,
+                "error": ending.error,
+                "model": stream.model,
+                "prompt": int(usage.get("prompt_tokens", 0)),
+                "completion": int(usage.get("completion_tokens", 0)),
+                "estimated": ending.estimated,
+                "called": ending.called,
+            },
+        ).fetchone()
         if row is None:
             return False
         if tail:
-            events.append(notify.Delta(
-                stream.conversation_id, stream.message_id, stream.committed, length, tail
-            ))
-        events.append(notify.Finished(
-            stream.conversation_id, stream.message_id, ending.status, length, row[0], ending.error
-        ))
+            events.append(
+                notify.Delta(
+                    stream.conversation_id, stream.message_id, stream.committed, length, tail
+                )
+            )
+        events.append(
+            notify.Finished(
+                stream.conversation_id,
+                stream.message_id,
+                ending.status,
+                length,
+                row[0],
+                ending.error,
+            )
+        )
         return True
 
     def _lose(self, stream: Stream) -> None:
@@ -371,8 +384,9 @@ class Checkpointer:
         stream.lost = True
         stream.pending.clear()
         self.stats.fenced += 1
-        log.warning("lost stream %s (epoch %d): stopping its generator",
-                    stream.message_id, stream.epoch)
+        log.warning(
+            "lost stream %s (epoch %d): stopping its generator", stream.message_id, stream.epoch
+        )
         if stream.ending is not None:
             stream.ended.set(False)
         elif stream.worker is not None:
@@ -402,12 +416,24 @@ class Checkpointer:
                 while stream.pending and consumed + len(stream.pending[0]) <= taken:
                     consumed += len(stream.pending.pop(0))
                 if consumed != taken:
-                    log.error("stream %s: committed length %d does not match pending text",
-                              stream.message_id, length)
+                    log.error(
+                        "stream %s: committed length %d does not match pending text",
+                        stream.message_id,
+                        length,
+                    )
                     self._lose(stream)
                     continue
-                self.publish([notify.Delta(stream.conversation_id, stream.message_id,
-                                           stream.committed, length, text[:taken])])
+                self.publish(
+                    [
+                        notify.Delta(
+                            stream.conversation_id,
+                            stream.message_id,
+                            stream.committed,
+                            length,
+                            text[:taken],
+                        )
+                    ]
+                )
                 stream.committed = length
 
 
@@ -446,7 +472,7 @@ class Generator:
         return llm.prompt_for(history, partial)
 
     def _run(self, stream: Stream, resumed: bool) -> None:
-        usage: dict[str, int] | None = None
+        usage: llm.Piece | None = None
         produced: list[str] = []
         prompt: list[dict[str, str]] = []
         try:
@@ -456,22 +482,26 @@ class Generator:
                     produced.append(piece.text)
                     self.checkpointer.append(stream, piece.text)
                 if piece.usage is not None:
-                    usage = piece.usage
+                    usage = piece
             ending = self._ending("completed", usage, prompt, produced)
-        except Cancelled:
-            ending = self._ending("cancelled", usage, prompt, produced)
-        except Fenced:
-            return
         except Exception as exc:
-            log.warning("answer %s failed: %s", stream.message_id, exc)
-            ending = self._ending("failed", usage, prompt, produced,
-                                  error=llm.readable_error(exc))
+            # Cancelled and Fenced are thrown into this greenlet wherever it waits,
+            # often inside litellm, which wraps them: decide by the stream's state.
+            if stream.lost:
+                return
+            if stream.cancel_requested:
+                ending = self._ending("cancelled", usage, prompt, produced)
+            else:
+                log.warning("answer %s failed: %s", stream.message_id, exc)
+                ending = self._ending(
+                    "failed", usage, prompt, produced, error=llm.readable_error(exc)
+                )
         self.checkpointer.end(stream, ending)
 
     @staticmethod
     def _ending(
         status: str,
-        usage: dict[str, int] | None,
+        usage: llm.Piece | None,
         prompt: list[dict[str, str]],
         produced: list[str],
         error: str | None = None,
@@ -479,7 +509,7 @@ class Generator:
         if not prompt:
             return Ending(status, error=error, called=False)
         if usage is not None:
-            return Ending(status, usage=usage, error=error)
+            return Ending(status, usage=usage.usage, estimated=usage.estimated, error=error)
         estimate = {
             "prompt_tokens": llm.estimate_tokens(json.dumps(prompt)),
             "completion_tokens": llm.estimate_tokens("".join(produced)),

@@ -46,8 +46,9 @@ def json_object(fields: dict[str, Field]) -> dict[str, Any]:
     return parsed
 
 
-def text(min_chars: int = 0, max_chars: int = 200, *, too_long: type[Exception] = ValidationError
-         ) -> Callable[[str, Any], str]:
+def text(
+    min_chars: int = 0, max_chars: int = 200, *, too_long: type[Exception] = ValidationError
+) -> Callable[[str, Any], str]:
     """A string field of bounded length, storable in Postgres."""
 
     def parse(name: str, value: Any) -> str:

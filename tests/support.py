@@ -28,7 +28,9 @@ TEST_SETTINGS = Settings(
 )
 
 
-def make_user(db_url: str, name: str, *, admin: bool = False, token_limit: int | None = None) -> str:
+def make_user(
+    db_url: str, name: str, *, admin: bool = False, token_limit: int | None = None
+) -> str:
     """Create a user directly in the database and return a token."""
     with psycopg.connect(db_url) as conn:
         user = users.create_user(conn, name, admin=admin, token_limit=token_limit)
@@ -42,6 +44,7 @@ class AppServer:
         self.db_url = db_url
         self.settings = settings or TEST_SETTINGS
         self.app = create_app(self.settings, database_url=db_url)
+        assert self.runtime.listener.connected.wait(10), "listener did not connect"
         self.server = WSGIServer(("127.0.0.1", 0), self.app, log=None, error_log=None)
         self.server.start()
         self.base = f"http://127.0.0.1:{self.server.server_port}"
@@ -110,8 +113,9 @@ class ApiClient:
 
     def send(self, conversation_id: str, content: str, **extra: Any) -> dict[str, Any]:
         """Send a message; returns the 202 body."""
-        response = self.post(f"/api/conversations/{conversation_id}/messages",
-                             {"content": content, **extra})
+        response = self.post(
+            f"/api/conversations/{conversation_id}/messages", {"content": content, **extra}
+        )
         assert response.status_code == 202, response.text
         result: dict[str, Any] = response.json()
         return result
@@ -124,13 +128,23 @@ class ApiClient:
         result: dict[str, Any] = self.get(f"/api/messages/{message_id}").json()
         return result
 
-    def sse(self, path: str, headers: dict[str, str] | None = None,
-            timeout: float = 30) -> Iterator[SseEvent]:
-        """The events of an SSE response until the server closes it."""
+    def sse(
+        self,
+        path: str,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+        control: bool = False,
+    ) -> Iterator[SseEvent]:
+        """The events of an SSE response until the server closes it.
+
+        With `control`, also the blocks that are not events (retry:, comments), as event "".
+        """
         response = self.get(path, headers=headers or {}, stream=True, timeout=timeout)
         assert response.status_code == 200, (response.status_code, response.text)
         try:
-            yield from read_sse(response)
+            for event in read_sse(response):
+                if control or event.event:
+                    yield event
         finally:
             response.close()
 
@@ -165,6 +179,8 @@ def read_sse(response: requests.Response) -> Iterator[SseEvent]:
             if line == "":
                 if seen_field:
                     current.data = "\n".join(data_lines)
+                    if not data_lines:  # retry: or comments only: not an event
+                        current.event = ""
                     yield current
                 current, data_lines, seen_field = SseEvent(), [], False
                 continue

@@ -91,8 +91,9 @@ def test_projects_and_members(app_server: AppServer, alice: ApiClient, bob: ApiC
 
     _error(bob.get(f"/api/conversations/{shared['id']}"), 404, "not_found")
     _error(bob.post(f"/api/projects/{project['id']}/members", {"user": "bob"}), 404, "not_found")
-    _error(alice.post(f"/api/projects/{project['id']}/members", {"user": "nobody"}),
-           404, "not_found")
+    _error(
+        alice.post(f"/api/projects/{project['id']}/members", {"user": "nobody"}), 404, "not_found"
+    )
 
     added = alice.post(f"/api/projects/{project['id']}/members", {"user": "bob"})
     assert added.status_code == 201 and added.json()["members"] == ["alice", "bob"]
@@ -110,9 +111,7 @@ def test_projects_and_members(app_server: AppServer, alice: ApiClient, bob: ApiC
     _error(bob.get(f"/api/conversations/{shared['id']}"), 404, "not_found")
 
 
-def test_conversation_in_a_foreign_project_is_not_found(
-    alice: ApiClient, bob: ApiClient
-) -> None:
+def test_conversation_in_a_foreign_project_is_not_found(alice: ApiClient, bob: ApiClient) -> None:
     project = alice.post("/api/projects", {"name": "Team"}).json()
     _error(bob.post("/api/conversations", {"project_id": project["id"]}), 404, "not_found")
 
@@ -154,13 +153,22 @@ def test_bad_requests_get_clear_errors_and_change_nothing(
     path = f"/api/conversations/{conversation['id']}/messages"
     before = _count(app_server.db_url, "messages")
 
-    _error(alice.post(path, data="{not json", headers={"Content-Type": "application/json"}),
-           400, "invalid_json")
-    _error(alice.post(path, data=b"\xff\xfe", headers={"Content-Type": "application/json"}),
-           400, "invalid_json")
+    _error(
+        alice.post(path, data="{not json", headers={"Content-Type": "application/json"}),
+        400,
+        "invalid_json",
+    )
+    _error(
+        alice.post(path, data=b"\xff\xfe", headers={"Content-Type": "application/json"}),
+        400,
+        "invalid_json",
+    )
     _error(alice.post(path, data="content=hi"), 415, "unsupported_media_type")
-    _error(alice.post(path, data='{"content": "hi"}', headers={"Content-Type": "text/plain"}),
-           415, "unsupported_media_type")
+    _error(
+        alice.post(path, data='{"content": "hi"}', headers={"Content-Type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
     _error(alice.post(path, []), 422, "validation_error")
     _error(alice.post(path, {}), 422, "validation_error")
     _error(alice.post(path, {"content": ""}), 422, "validation_error")
@@ -168,11 +176,19 @@ def test_bad_requests_get_clear_errors_and_change_nothing(
     _error(alice.post(path, {"content": "hi", "extra": 1}), 422, "validation_error")
     _error(alice.post(path, {"content": "hi", "model": ""}), 422, "validation_error")
     _error(alice.post(path, {"content": "a\u0000b"}), 422, "validation_error")
-    _error(alice.post(path, data='{"content": "\\ud800"}',
-                      headers={"Content-Type": "application/json"}), 422, "validation_error")
+    _error(
+        alice.post(
+            path, data='{"content": "\\ud800"}', headers={"Content-Type": "application/json"}
+        ),
+        422,
+        "validation_error",
+    )
     _error(alice.post(path, {"content": "x" * 32_001}), 413, "too_large")
-    _error(alice.post(path, data="x" * 300_000, headers={"Content-Type": "application/json"}),
-           413, "too_large")
+    _error(
+        alice.post(path, data="x" * 300_000, headers={"Content-Type": "application/json"}),
+        413,
+        "too_large",
+    )
     assert _count(app_server.db_url, "messages") == before
 
 
@@ -181,8 +197,11 @@ def test_unknown_ids_bad_uuids_and_methods(alice: ApiClient) -> None:
     _error(alice.get("/api/conversations/not-a-uuid"), 404, "not_found")
     _error(alice.get(f"/api/messages/{uuid.uuid4()}"), 404, "not_found")
     _error(alice.get("/api/nothing-here"), 404, "not_found")
-    _error(alice.post(f"/api/conversations/{uuid.uuid4()}/messages", {"content": "hi"}),
-           404, "not_found")
+    _error(
+        alice.post(f"/api/conversations/{uuid.uuid4()}/messages", {"content": "hi"}),
+        404,
+        "not_found",
+    )
     wrong = alice.request("PUT", "/api/conversations")
     _error(wrong, 405, "method_not_allowed")
     assert "POST" in wrong.headers["Allow"]

@@ -63,17 +63,48 @@ def _columns(conn: psycopg.Connection[Any], table: str) -> set[str]:
 
 
 def test_schema_has_what_the_spec_documents(conn: psycopg.Connection[Any]) -> None:
-    for table in ("users", "api_tokens", "projects", "project_members", "conversations",
-                  "messages", "message_chunks", "llm_calls", "sessions"):
+    for table in (
+        "users",
+        "api_tokens",
+        "projects",
+        "project_members",
+        "conversations",
+        "messages",
+        "message_chunks",
+        "llm_calls",
+        "sessions",
+    ):
         assert _columns(conn, table), f"missing table {table}"
     assert {
-        "id", "conversation_id", "role", "status", "content", "epoch", "owner",
-        "lease_expires_at", "cancel_requested_at", "client_message_id", "usage", "model",
-        "error", "created_at", "completed_at", "resume_count", "content_length",
+        "id",
+        "conversation_id",
+        "role",
+        "status",
+        "content",
+        "epoch",
+        "owner",
+        "lease_expires_at",
+        "cancel_requested_at",
+        "client_message_id",
+        "usage",
+        "model",
+        "error",
+        "created_at",
+        "completed_at",
+        "resume_count",
+        "content_length",
     } <= _columns(conn, "messages")
     assert {
-        "message_id", "conversation_id", "owner", "epoch", "started_at", "last_checkpoint_at",
-        "lease_expires_at", "content", "content_length", "age",
+        "message_id",
+        "conversation_id",
+        "owner",
+        "epoch",
+        "started_at",
+        "last_checkpoint_at",
+        "lease_expires_at",
+        "content",
+        "content_length",
+        "age",
     } <= _columns(conn, "active_streams")
     assert {"conversation_id", "is_streaming", "active_message_id"} <= _columns(
         conn, "conversation_status"
@@ -81,7 +112,9 @@ def test_schema_has_what_the_spec_documents(conn: psycopg.Connection[Any]) -> No
     assert "token_hash" in _columns(conn, "api_tokens")
     assert "token" not in _columns(conn, "api_tokens")
     indexes = dict(conn.execute(INDEX_QUERY).fetchall())
-    assert "WHERE (status = 'streaming'::text)" in indexes["messages_one_streaming_per_conversation"]
+    assert (
+        "WHERE (status = 'streaming'::text)" in indexes["messages_one_streaming_per_conversation"]
+    )
     assert "UNIQUE" in indexes["messages_client_message_id"]
 
 
@@ -96,8 +129,9 @@ def test_database_allows_one_streaming_answer_per_conversation(
     conn: psycopg.Connection[Any],
 ) -> None:
     _, conversation = _conversation(conn)
-    insert = ("INSERT INTO messages (conversation_id, role, status) "
-              "VALUES (%s, 'assistant', 'streaming')")
+    insert = (
+        "INSERT INTO messages (conversation_id, role, status) VALUES (%s, 'assistant', 'streaming')"
+    )
     conn.execute(insert, (conversation,))
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute(insert, (conversation,))
@@ -105,8 +139,10 @@ def test_database_allows_one_streaming_answer_per_conversation(
 
 def test_client_message_id_is_unique_per_conversation(conn: psycopg.Connection[Any]) -> None:
     _, conversation = _conversation(conn)
-    insert = ("INSERT INTO messages (conversation_id, role, status, client_message_id, "
-              "completed_at) VALUES (%s, 'user', 'completed', 'abc', now())")
+    insert = (
+        "INSERT INTO messages (conversation_id, role, status, client_message_id, "
+        "completed_at) VALUES (%s, 'user', 'completed', 'abc', now())"
+    )
     conn.execute(insert, (conversation,))
     with pytest.raises(psycopg.errors.UniqueViolation):
         conn.execute(insert, (conversation,))
@@ -116,7 +152,8 @@ def test_psql_cancel_update_notifies_the_owner(conn: psycopg.Connection[Any], db
     _, conversation = _conversation(conn)
     message = conn.execute(
         "INSERT INTO messages (conversation_id, role, status) VALUES (%s, 'assistant', "
-        "'streaming') RETURNING id", (conversation,)
+        "'streaming') RETURNING id",
+        (conversation,),
     ).fetchone()[0]
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN chatsvc")
