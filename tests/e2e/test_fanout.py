@@ -286,3 +286,39 @@ def test_many_subscribers_on_a_two_worker_instance(
         assert "chatsvc_checkpoint_transactions_total" in metrics
     finally:
         two.stop()
+
+
+def test_send_semantics_through_gunicorn(
+    pair: tuple[Instance, Instance], token: str, shared_db: str
+) -> None:
+    a, b = pair
+    on_a, on_b = a.client(token), b.client(token)
+    conversation = on_a.conversation()
+    path = f"/api/conversations/{conversation['id']}/messages"
+    first = on_a.post(path, {"content": "@fake chunks=300 delay=0.01", "client_message_id": "k"})
+    assert first.status_code == 202
+    message_id = first.json()["assistant_message"]["id"]
+    busy = on_b.post(path, {"content": "again"})
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "stream_active"
+    repeat = on_b.post(path, {"content": "again", "client_message_id": "k"})
+    assert repeat.status_code == 200
+    assert repeat.json()["assistant_message"]["id"] == message_id
+    with psycopg.connect(shared_db, autocommit=True) as conn:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT content_length FROM messages WHERE id = %s", (message_id,)
+            ).fetchone()
+            if row and row[0] > 0:
+                break
+            gevent.sleep(0.05)
+        conn.execute("UPDATE messages SET cancel_requested_at = now() WHERE id = %s", (message_id,))
+    final = on_b.wait_terminal(message_id)
+    assert final["status"] == "cancelled" and 0 < final["content_length"] < 1200
+    stream = f"/api/messages/{message_id}/stream"
+    assert on_b.get(stream + f"?offset={final['content_length']}").status_code == 204
+    assert on_b.get(stream + f"?offset={final['content_length'] + 1}").status_code == 400
+
+    failing = on_b.send(conversation["id"], "@fake chunks=40 fail_after=7")
+    failed = on_a.wait_terminal(failing["assistant_message"]["id"])
+    assert failed["status"] == "failed" and failed["content_length"] == 28 and failed["error"]

@@ -455,3 +455,39 @@ def test_offline_model_streams_without_network(db_url: str) -> None:
         assert final["usage"]["completion_tokens"] > 10
     finally:
         server.stop()
+
+
+def _wal_lsn(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_checkpoint_wal_grows_with_the_new_text_not_the_answer(
+    user: ApiClient, llm_app: AppServer
+) -> None:
+    """A 20 KB answer in 100 checkpoints, next to rewriting the whole text each time."""
+    chunks = [f"{i:04d}" + "abcdefghijklmnopqrstuvwxyz0123456789"[i % 36] * 196 for i in range(100)]
+    with psycopg.connect(llm_app.db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE naive (id int PRIMARY KEY, content text NOT NULL)")
+        conn.execute("ALTER TABLE naive ALTER content SET STORAGE EXTERNAL")  # no compression
+        conn.execute("INSERT INTO naive VALUES (1, '')")
+        start = _wal_lsn(conn)
+        for chunk in chunks:
+            conn.execute("UPDATE naive SET content = content || %s WHERE id = 1", (chunk,))
+        naive = _wal_lsn(conn) - start
+
+        conversation = user.conversation()
+        start = _wal_lsn(conn)
+        message_id = user.send(conversation["id"], "@fake chunks=100 size=200 delay=0.01")[
+            "assistant_message"
+        ]["id"]
+        final = user.wait_terminal(message_id)
+        ours = _wal_lsn(conn) - start
+        checkpoints = conn.execute(
+            "SELECT count(*) FROM llm_calls WHERE message_id = %s", (message_id,)
+        ).fetchone()
+    assert final["content_length"] == 20_000 and checkpoints == (1,)
+    assert naive > 20 * 20_000  # the whole text, rewritten a hundred times
+    assert ours < 8 * 20_000, f"{ours / 20_000:.1f} WAL bytes per content byte"
+    assert ours * 5 < naive
