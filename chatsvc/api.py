@@ -14,6 +14,7 @@ from chatsvc.conversations import Conversation
 from chatsvc.errors import NotFound, TokenLimitExceeded, TooLarge, Unavailable, wrap_exceptions
 from chatsvc.messages import Exchange
 from chatsvc.runtime import runtime
+from chatsvc.streaming import Stream
 from chatsvc.validation import Field, json_object, query_int, query_uuid, text, uuid_field
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -226,7 +227,7 @@ def send_message(conversation_id: UUID) -> tuple[Response, int]:
                 notify.MessageCreated(conversation_id, exchange.assistant_message.id),
             ],
         )
-    rt.generator.start(exchange.assistant_message)
+    rt.generator.start(Stream.for_message(exchange.assistant_message, rt.settings.model))
     return jsonify(_exchange_json(exchange)), 202
 
 

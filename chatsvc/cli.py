@@ -49,6 +49,7 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("yoyo").setLevel(logging.WARNING)
 
 
 @main.command()

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg_pool import PoolTimeout
 
 
 class ChatsvcError(Exception):
@@ -127,6 +128,8 @@ def wrap_exceptions() -> Iterator[None]:
         yield
     except (psycopg.OperationalError, pg_errors.AdminShutdown, pg_errors.CannotConnectNow) as exc:
         raise Unavailable() from exc
+    except PoolTimeout as exc:
+        raise Unavailable("The service is too busy to reach the database; try again.") from exc
     except psycopg.errors.QueryCanceled as exc:
         raise Unavailable("The database did not answer in time; try again shortly.") from exc
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -332,14 +333,26 @@ def _route_keys(event: Event) -> tuple[UUID, ...]:
     return ()
 
 
+LIVENESS_LOCK = "SELECT pg_advisory_lock(%s, %s)"
+
+
 class Listener:
     """The process's single LISTEN connection, feeding the hub; reconnects by itself."""
 
-    def __init__(self, url: str, hub: Hub, *, own_pids: Callable[[], set[int]]) -> None:
+    def __init__(
+        self,
+        url: str,
+        hub: Hub,
+        *,
+        own_pids: Callable[[], set[int]],
+        liveness_lock: tuple[int, int] | None = None,
+    ) -> None:
         self.url = url
         self.hub = hub
         self.own_pids = own_pids
+        self.liveness_lock = liveness_lock
         self.connected = gevent.event.Event()
+        self.connected_at: float | None = None
         self._stopped = False
         self._greenlet: gevent.Greenlet | None = None
 
@@ -360,6 +373,11 @@ class Listener:
             try:
                 with db.connect(self.url, autocommit=True, purpose="chatsvc-listen") as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    if self.liveness_lock is not None:
+                        # Held for as long as this process is alive and connected:
+                        # other processes read a free lock as "owner gone".
+                        conn.execute(LIVENESS_LOCK, self.liveness_lock)
+                    self.connected_at = time.monotonic()
                     self.connected.set()
                     backoff = 0.1
                     if not first:
@@ -369,6 +387,7 @@ class Listener:
                     self._listen(conn)
             except psycopg.Error as exc:
                 self.connected.clear()
+                self.connected_at = None
                 log.warning("listener connection lost (%s); reconnecting in %.1fs", exc, backoff)
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)

@@ -12,6 +12,7 @@ from flask import current_app
 
 from chatsvc import db, notify
 from chatsvc.config import Settings
+from chatsvc.leases import OWNER_LOCK_CLASS, Reaper, owner_lock_key
 from chatsvc.streaming import Checkpointer, Generator
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,24 @@ class Runtime:
         self.pool = db.make_pool(url, settings.pool_size)
         self.hub = notify.Hub(settings.subscriber_queue)
         self.checkpointer = Checkpointer(url, settings, self.hub.publish)
-        self.listener = notify.Listener(url, self.hub, own_pids=self._own_pids)
+        self.listener = notify.Listener(
+            url,
+            self.hub,
+            own_pids=self._own_pids,
+            liveness_lock=(OWNER_LOCK_CLASS, owner_lock_key(self.owner)),
+        )
         self.generator = Generator(settings, self.pool, self.checkpointer)
+        self.reaper = Reaper(
+            settings,
+            self.pool,
+            self.checkpointer,
+            self.generator,
+            self.owner,
+            listening_since=lambda: self.listener.connected_at,
+        )
         self.hub.on_event(self._on_event)
         self.started = False
+        self.stopped = False
 
     def _own_pids(self) -> set[int]:
         return self.checkpointer.backend_pids
@@ -49,6 +64,8 @@ class Runtime:
     def _on_event(self, event: notify.Event) -> None:
         if isinstance(event, notify.CancelRequested):
             self.checkpointer.request_cancel(event.message_id)
+        elif isinstance(event, notify.LeasesReleased) and not self.hub.closing:
+            self.reaper.wake()
 
     def start(self) -> None:
         """Start the background greenlets (idempotent)."""
@@ -57,11 +74,30 @@ class Runtime:
         self.started = True
         self.listener.start()
         self.checkpointer.start()
+        self.reaper.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM): take no new work, hand every stream over, end SSE streams.
+
+        The release commits each stream's text and clears its owner and lease, and
+        notifies the other processes, which take the streams over at once. Local
+        followers get the last text first, then a clean end, and reconnect elsewhere
+        with Last-Event-ID.
+        """
+        if self.hub.closing:
+            return
+        self.hub.closing = True
+        self.reaper.stop()
+        released = self.checkpointer.release_all(timeout)
+        log.info("shutting down: released %d streams", released)
+        self.hub.broadcast(notify.CLOSING)
 
     def stop(self) -> None:
-        """Stop everything and close connections."""
-        self.hub.broadcast(notify.CLOSING)
-        self.checkpointer.abandon_all()
+        """Shut down, then stop every greenlet and close every connection."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.shutdown()
         self.listener.stop()
         self.checkpointer.stop()
         self.pool.close()

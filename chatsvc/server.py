@@ -11,7 +11,9 @@ import logging
 import sys
 from typing import Any
 
+import gevent
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.ggevent import GeventWorker
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ def gunicorn_options(host: str, port: int, workers: int, **overrides: Any) -> di
     options: dict[str, Any] = {
         "bind": f"{host}:{port}",
         "workers": workers,
-        "worker_class": "gevent",
+        "worker_class": "chatsvc.server.Worker",
         "worker_connections": WORKER_CONNECTIONS,
         "preload_app": False,
         "timeout": 30,
@@ -41,6 +43,37 @@ def gunicorn_options(host: str, port: int, workers: int, **overrides: Any) -> di
     }
     options.update(overrides)
     return options
+
+
+class Worker(GeventWorker):  # type: ignore[misc]
+    """gunicorn's gevent worker, handing its streams over before it stops.
+
+    SIGTERM (a graceful stop, a rolling deploy) makes gunicorn stop accepting and
+    wait for open requests; chatsvc then commits its streams' text, releases their
+    leases so that another process resumes them at once, and ends its SSE streams
+    cleanly so that clients reconnect elsewhere. SIGINT/SIGQUIT (fast stop) do the
+    same before exiting.
+    """
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        gevent.spawn(self._hand_over)  # not inside the signal handler
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        gevent.spawn(self._hand_over_then, super().handle_quit, sig, frame)
+
+    def _hand_over_then(self, then: Any, *args: Any) -> None:
+        self._hand_over()
+        then(*args)
+
+    def _hand_over(self) -> None:
+        runtime = getattr(getattr(self, "wsgi", None), "extensions", {}).get("chatsvc")
+        if runtime is None:
+            return
+        try:
+            runtime.shutdown()
+        except Exception:
+            log.exception("hand-over on shutdown failed; leases will expire instead")
 
 
 class Server(BaseApplication):  # type: ignore[misc]

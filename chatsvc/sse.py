@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from uuid import UUID
 
 from flask import Response, request
 
 from chatsvc import jsonio
-from chatsvc.errors import InvalidRequest
+from chatsvc.errors import InvalidRequest, Unavailable
 from chatsvc.followers import ConversationFollower, Cursor, Follower, MessageFollower, Out
 from chatsvc.runtime import Runtime
 from chatsvc.validation import parse_offset
+
+log = logging.getLogger(__name__)
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 RETRY = "retry: 1000\n\n"
@@ -28,8 +31,13 @@ def _respond(follower: Follower, first: list[Out]) -> Response:
     def body() -> Iterator[str]:
         # The first yield sends the headers, so the client knows at once it is connected.
         yield RETRY
-        for out in follower.events(first):
-            yield PING if out is None else format_event(out)
+        try:
+            for out in follower.events(first):
+                yield PING if out is None else format_event(out)
+        except Unavailable:
+            # The database went away mid-stream: end cleanly; the client reconnects
+            # with Last-Event-ID after `retry` and resumes where it was.
+            log.info("ending an SSE stream: database unavailable")
 
     response = Response(body(), mimetype="text/event-stream", headers=HEADERS)
     # Runs when the server closes the response, even if the body never started.

@@ -67,8 +67,21 @@ class Stream:
     ending: Ending | None = None
     ended: gevent.event.AsyncResult = field(default_factory=gevent.event.AsyncResult)
     lost: bool = False
+    releasing: bool = False
     cancel_requested: bool = False
     worker: gevent.Greenlet | None = None
+
+    @classmethod
+    def for_message(cls, message: Message, default_model: str) -> Stream:
+        """The stream of a freshly inserted answer this process owns."""
+        return cls(
+            message_id=message.id,
+            conversation_id=message.conversation_id,
+            user_id=message.user_id,
+            model=message.model or default_model,
+            epoch=message.epoch,
+            committed=message.content_length,
+        )
 
     @property
     def active(self) -> bool:
@@ -104,10 +117,10 @@ WITH b AS (
     FROM b
     WHERE m.id = b.id AND m.epoch = b.epoch AND m.status = 'streaming'
       AND m.content_length = b.start_offset
-    RETURNING m.id, m.cancel_requested_at IS NOT NULL AS cancel, b.start_offset, b.content
+    RETURNING m.id, m.epoch, m.cancel_requested_at IS NOT NULL AS cancel, b.start_offset, b.content
 ), c AS (
-    INSERT INTO message_chunks (message_id, start_offset, content)
-    SELECT id, start_offset, content FROM m WHERE content <> ''
+    INSERT INTO message_chunks (message_id, start_offset, epoch, content)
+    SELECT id, start_offset, epoch, content FROM m WHERE content <> ''
 )
 SELECT id, cancel FROM m
 """
@@ -147,6 +160,15 @@ WITH m AS (
 SELECT usage FROM m
 """
 
+# Handing streams over on shutdown: no owner, lease expired now, so any live
+# process takes them over at once (see leases.TAKE_OVER).
+RELEASE = """
+UPDATE messages m SET owner = NULL, lease_expires_at = now()
+FROM unnest(%(ids)s::uuid[], %(epochs)s::int[]) AS b(id, epoch)
+WHERE m.id = b.id AND m.epoch = b.epoch AND m.status = 'streaming'
+RETURNING m.id
+"""
+
 RECONCILE = "SELECT id, epoch, status, content_length FROM messages WHERE id = ANY(%s)"
 
 
@@ -180,15 +202,17 @@ class Checkpointer:
         if self._conn is not None:
             self._conn.close()
 
-    def abandon_all(self) -> None:
-        """Stop every generator without writing: their leases expire and others take over."""
-        for stream in list(self.streams.values()):
-            self.streams.pop(stream.message_id, None)
-            stream.lost = True
-            if stream.worker is not None:
-                stream.worker.kill(Fenced, block=False)
-            if not stream.ended.ready():
-                stream.ended.set(False)
+    def release_all(self, timeout: float) -> int:
+        """Hand every stream over: stop its generator, commit its text, clear owner and lease."""
+        streams = list(self.streams.values())
+        for stream in streams:
+            if stream.ending is None:  # one already ending just finishes
+                stream.releasing = True
+                if stream.worker is not None:
+                    stream.worker.kill(Fenced, block=False)
+        self._wake.set()
+        gevent.wait([s.ended for s in streams], timeout=timeout)
+        return sum(1 for s in streams if s.releasing)
 
     def adopt(self, stream: Stream) -> None:
         """Start checkpointing a stream this process now owns."""
@@ -265,7 +289,10 @@ class Checkpointer:
         return [
             s
             for s in self.streams.values()
-            if s.pending or s.ending is not None or now - s.renewed_at >= self.renew_every
+            if s.pending
+            or s.ending is not None
+            or s.releasing
+            or now - s.renewed_at >= self.renew_every
         ]
 
     def _commit(self, conn: Connection[Any], batch: list[Stream]) -> None:
@@ -278,7 +305,10 @@ class Checkpointer:
         self._uncertain = batch
         with conn.transaction():
             written, cancels = self._checkpoint(conn, ongoing, texts, events)
+            released = self._release(conn, [s for s in ongoing if s.releasing and s in written])
             finished = {s for s in ending if self._finish(conn, s, texts[s], events)}
+            if released:
+                events.append(notify.LeasesReleased())
             notify.send(conn, events)
         self._uncertain = []
         self.stats.transactions += 1
@@ -292,6 +322,9 @@ class Checkpointer:
                 self.stats.chars += len(texts[stream])
             else:
                 self._lose(stream)
+            if stream in released:
+                self.streams.pop(stream.message_id, None)
+                stream.ended.set(False)
         for stream in ending:
             self.streams.pop(stream.message_id, None)
             if stream in finished:
@@ -331,6 +364,14 @@ class Checkpointer:
                     notify.Delta(s.conversation_id, s.message_id, s.committed, end, texts[s])
                 )
         return written, cancels
+
+    @staticmethod
+    def _release(conn: Connection[Any], streams: list[Stream]) -> set[Stream]:
+        if not streams:
+            return set()
+        params = {"ids": [s.message_id for s in streams], "epochs": [s.epoch for s in streams]}
+        done = {row[0] for row in conn.execute(RELEASE, params)}
+        return {s for s in streams if s.message_id in done}
 
     def _finish(
         self, conn: Connection[Any], stream: Stream, tail: str, events: list[notify.Event]
@@ -445,16 +486,8 @@ class Generator:
         self.pool = pool
         self.checkpointer = checkpointer
 
-    def start(self, message: Message, *, resumed: bool = False) -> Stream:
+    def start(self, stream: Stream, *, resumed: bool = False) -> Stream:
         """Begin (or, after a takeover, continue) generating an answer this process owns."""
-        stream = Stream(
-            message_id=message.id,
-            conversation_id=message.conversation_id,
-            user_id=message.user_id,
-            model=message.model or self.settings.model,
-            epoch=message.epoch,
-            committed=message.content_length,
-        )
         self.checkpointer.adopt(stream)
         stream.worker = gevent.spawn(self._run, stream, resumed)
         return stream
@@ -487,7 +520,7 @@ class Generator:
         except Exception as exc:
             # Cancelled and Fenced are thrown into this greenlet wherever it waits,
             # often inside litellm, which wraps them: decide by the stream's state.
-            if stream.lost:
+            if stream.lost or stream.releasing:
                 return
             if stream.cancel_requested:
                 ending = self._ending("cancelled", usage, prompt, produced)

@@ -198,3 +198,77 @@ def read_sse(response: requests.Response) -> Iterator[SseEvent]:
                 current.id = value
             elif name == "retry":
                 current.retry = int(value)
+
+
+@dataclass
+class FollowResult:
+    """What a reconnecting SSE client saw of one message."""
+
+    text: str = ""
+    connections: int = 0
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    done: dict[str, Any] | None = None
+    last_id: str | None = None
+
+
+def follow_message(
+    bases: list[str],
+    token: str,
+    message_id: str,
+    *,
+    on_delta: Any = None,
+    max_seconds: float = 60,
+) -> FollowResult:
+    """Follow a message to `done` like EventSource: on any disconnect, reconnect with
+    Last-Event-ID, to the next base URL that answers. Asserts no gap and no overlap."""
+    result = FollowResult()
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    deadline = gevent.Timeout(max_seconds, AssertionError(f"no done: {result}"))
+    deadline.start()
+    try:
+        turn = 0
+        while result.done is None:
+            base = bases[turn % len(bases)]
+            turn += 1
+            headers = {"Last-Event-ID": result.last_id} if result.last_id else {}
+            try:
+                response = session.get(
+                    f"{base}/api/messages/{message_id}/stream",
+                    headers=headers,
+                    stream=True,
+                    timeout=(2, 30),
+                )
+            except requests.RequestException:
+                gevent.sleep(0.1)
+                continue
+            if response.status_code == 204:
+                break
+            if response.status_code != 200:
+                response.close()
+                gevent.sleep(0.1)
+                continue
+            result.connections += 1
+            try:
+                for event in read_sse(response):
+                    if event.event == "delta":
+                        data = event.json()
+                        assert data["offset"] == len(result.text), "gap or overlap"
+                        result.text += data["text"]
+                        result.last_id = event.id
+                        if on_delta is not None:
+                            on_delta(result)
+                    elif event.event == "status":
+                        result.statuses.append(event.json())
+                    elif event.event == "done":
+                        result.done = event.json()
+                        break
+            except (requests.RequestException, ConnectionError):
+                pass  # the server went away mid-stream: reconnect
+            finally:
+                response.close()
+            if result.done is None:
+                gevent.sleep(0.05)
+    finally:
+        deadline.cancel()
+    return result

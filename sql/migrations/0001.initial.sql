@@ -96,6 +96,7 @@ CREATE INDEX messages_reply_to ON messages (reply_to) WHERE reply_to IS NOT NULL
 CREATE TABLE message_chunks (
     message_id   uuid NOT NULL REFERENCES messages ON DELETE CASCADE,
     start_offset integer NOT NULL CHECK (start_offset >= 0),
+    epoch        integer NOT NULL,  -- which owner wrote it (accounting after a crash)
     content      text NOT NULL,
     PRIMARY KEY (message_id, start_offset)
 );

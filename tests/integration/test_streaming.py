@@ -397,6 +397,7 @@ def test_token_limit_blocks_sending(llm_app: AppServer) -> None:
 
 def test_a_fenced_owner_cannot_write(user: ApiClient, llm_app: AppServer) -> None:
     """Another process took the stream (epoch moved on): the old owner writes nothing more."""
+    llm_app.runtime.reaper.stop()  # the fake new owner below has no process to keep it alive
     conversation = user.conversation()
     message_id = user.send(conversation["id"], "@fake chunks=400 delay=0.01")["assistant_message"][
         "id"

@@ -1,0 +1,238 @@
+"""Leases: any live process takes over answers whose owner is gone, with no coordinator.
+
+An owner holds each streaming answer under a lease (`lease_expires_at`, renewed
+by its checkpoints) and an `epoch` that fences its writes. A `Reaper` in every
+process claims orphans — rows whose lease expired, that were released by a
+stopping process, or whose owner's database session is gone — with
+`FOR UPDATE SKIP LOCKED`, so two processes never claim the same row. Claiming
+increments the epoch, which stops the old owner from writing should it still be
+alive, and then either resumes the generation from the committed text or ends the
+answer `interrupted`, by policy.
+
+A live owner is recognised by a session advisory lock its LISTEN connection holds
+(`owner_lock_key`); when the process dies, Postgres drops the lock with the
+connection, and a crashed owner's answers are taken over at once instead of
+after the lease.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import gevent
+import gevent.event
+import psycopg
+from psycopg import Connection
+from psycopg.rows import class_row
+from psycopg_pool import ConnectionPool
+
+from chatsvc import notify
+from chatsvc.config import Settings
+from chatsvc.streaming import Checkpointer, Ending, Generator, Stream
+
+log = logging.getLogger(__name__)
+
+# The first key of the two-key advisory lock form: owners' locks live apart
+# from any other advisory lock (such as the migration lock).
+OWNER_LOCK_CLASS = 0x63737663  # 'csvc'
+
+
+def owner_lock_key(owner: str) -> int:
+    """The 32-bit advisory lock key of an owner id."""
+    return int.from_bytes(hashlib.sha256(owner.encode()).digest()[:4], "big", signed=True)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An orphan this process just took over."""
+
+    id: UUID
+    conversation_id: UUID
+    user_id: UUID | None
+    model: str | None
+    epoch: int
+    content_length: int
+    resume_count: int
+
+
+SELECT_OTHER_OWNERS = """
+SELECT DISTINCT owner FROM messages
+WHERE status = 'streaming' AND owner IS NOT NULL AND owner <> %s AND lease_expires_at > now()
+"""
+TRY_OWNER_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
+UNLOCK_OWNER = "SELECT pg_advisory_unlock(%s, %s)"
+
+# Orphans: lease expired (or released on shutdown: owner NULL, lease = now), or
+# the owner's session is gone. SKIP LOCKED: a row another process is claiming,
+# or that its owner is checkpointing this instant, is simply not ours to take.
+# The LLM call of the epoch that ended is recorded here, estimated, unless its
+# owner recorded it (the hand-over transaction of SPEC "token accounting").
+TAKE_OVER = """
+WITH orphans AS (
+    SELECT id FROM messages
+    WHERE status = 'streaming'
+      AND (lease_expires_at <= now() OR owner IS NULL OR owner = ANY(%(dead)s))
+      AND id <> ALL(%(mine)s)
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE messages m
+    SET epoch = m.epoch + 1,
+        owner = %(owner)s,
+        resume_count = m.resume_count + 1,
+        lease_expires_at = now() + %(lease)s * interval '1 second'
+    FROM orphans WHERE m.id = orphans.id
+    RETURNING m.id, m.conversation_id, m.user_id, m.model, m.epoch, m.content_length,
+              m.resume_count, m.seq
+), calls AS (
+    INSERT INTO llm_calls (message_id, user_id, epoch, model, prompt_tokens,
+                           completion_tokens, estimated)
+    SELECT c.id, c.user_id, c.epoch - 1, coalesce(c.model, ''),
+           ((SELECT coalesce(sum(char_length(p.content)), 0) FROM messages p
+             WHERE p.conversation_id = c.conversation_id AND p.seq < c.seq) / 4)::int,
+           ((SELECT coalesce(sum(char_length(k.content)), 0) FROM message_chunks k
+             WHERE k.message_id = c.id AND k.epoch = c.epoch - 1) / 4)::int,
+           true
+    FROM claimed c
+    WHERE NOT EXISTS (SELECT 1 FROM llm_calls l WHERE l.message_id = c.id AND l.epoch = c.epoch - 1)
+)
+SELECT id, conversation_id, user_id, model, epoch, content_length, resume_count FROM claimed
+"""
+
+
+class Reaper:
+    """Takes over orphaned answers: on a timer, when woken by a release, and at startup."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: ConnectionPool,
+        checkpointer: Checkpointer,
+        generator: Generator,
+        owner: str,
+        *,
+        listening_since: Callable[[], float | None],
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.checkpointer = checkpointer
+        self.generator = generator
+        self.owner = owner
+        self.listening_since = listening_since
+        # Often enough that an expired lease is noticed within about a second.
+        self.interval = min(1.0, settings.lease_s / 3)
+        self.taken = 0
+        self._wake = gevent.event.Event()
+        self._stopped = False
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        """Run in a greenlet; the first sweep happens at once."""
+        self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        """Take over nothing more."""
+        self._stopped = True
+        self._wake.set()
+        if self._greenlet is not None:
+            self._greenlet.join(timeout=5)
+
+    def wake(self) -> None:
+        """Sweep now (another process released its streams)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            try:
+                while not self._stopped and self.sweep() > 0:
+                    pass  # more orphans may be waiting
+            except psycopg.Error as exc:
+                log.warning("orphan sweep failed: %s", exc)
+            except Exception:
+                log.exception("orphan sweep failed")
+            # Jitter keeps processes that started together from sweeping in step.
+            self._wake.wait(timeout=self.interval * random.uniform(0.8, 1.2))
+            self._wake.clear()
+
+    def sweep(self, limit: int = 20) -> int:
+        """Claim up to `limit` orphans and resume or interrupt each; returns how many."""
+        with self.pool.connection() as conn:
+            dead = self._dead_owners(conn)
+            params = {
+                "dead": dead,
+                "mine": list(self.checkpointer.streams),
+                "limit": limit,
+                "owner": self.owner,
+                "lease": self.settings.lease_s,
+            }
+            claims = conn.cursor(row_factory=class_row(Claim)).execute(TAKE_OVER, params).fetchall()
+            resumed = [c for c in claims if self._resumes(c)]
+            notify.send(
+                conn,
+                [
+                    notify.StatusChanged(c.conversation_id, c.id, "streaming", c.epoch, True)
+                    for c in resumed
+                ],
+            )
+        for claim in claims:
+            self.taken += 1
+            stream = Stream(
+                message_id=claim.id,
+                conversation_id=claim.conversation_id,
+                user_id=claim.user_id,
+                model=claim.model or self.settings.model,
+                epoch=claim.epoch,
+                committed=claim.content_length,
+            )
+            if claim in resumed:
+                log.info(
+                    "resuming %s at offset %d (epoch %d)",
+                    claim.id,
+                    claim.content_length,
+                    claim.epoch,
+                )
+                self.generator.start(stream, resumed=True)
+            else:
+                log.info("interrupting %s at offset %d", claim.id, claim.content_length)
+                self.checkpointer.adopt(stream)
+                stream.ending = Ending("interrupted", called=False, error=self._why(claim))
+        return len(claims)
+
+    def _resumes(self, claim: Claim) -> bool:
+        return (
+            self.settings.orphan_policy == "resume"
+            and claim.resume_count <= self.settings.max_resumes
+        )
+
+    def _why(self, claim: Claim) -> str:
+        if self.settings.orphan_policy != "resume":
+            return "The process generating this answer stopped (CHATSVC_ORPHAN_POLICY=interrupt)."
+        return (
+            f"The process generating this answer stopped and it was already resumed "
+            f"{claim.resume_count - 1} times (CHATSVC_MAX_RESUMES={self.settings.max_resumes})."
+        )
+
+    def _dead_owners(self, conn: Connection[Any]) -> list[str]:
+        """Owners whose advisory lock is free: their process (or its session) is gone."""
+        since = self.listening_since()
+        if since is None or time.monotonic() - since < 2.0:
+            # Just (re)connected, perhaps after a database restart: give other
+            # processes time to take their locks again before judging them.
+            return []
+        dead = []
+        for (owner,) in conn.execute(SELECT_OTHER_OWNERS, (self.owner,)).fetchall():
+            key = owner_lock_key(owner)
+            row = conn.execute(TRY_OWNER_LOCK, (OWNER_LOCK_CLASS, key)).fetchone()
+            if row is not None and row[0]:
+                conn.execute(UNLOCK_OWNER, (OWNER_LOCK_CLASS, key))
+                dead.append(owner)
+        conn.commit()
+        return dead

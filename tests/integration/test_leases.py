@@ -1,0 +1,133 @@
+"""Leases between in-process servers sharing a database: hand-over, takeover, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import psycopg
+import pytest
+
+from chatsvc.fakellm import parse_directives, script_text
+from tests.support import (
+    TEST_SETTINGS,
+    ApiClient,
+    AppServer,
+    FakeLLMServer,
+    follow_message,
+    make_user,
+)
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeLLMServer]:
+    server = FakeLLMServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def servers(db_url: str, fake_llm: FakeLLMServer, request: Any) -> Iterator[list[AppServer]]:
+    overrides = getattr(request, "param", {})
+    settings = TEST_SETTINGS.with_(
+        model="openai/fake", llm_api_base=fake_llm.api_base, llm_api_key="sk-test", **overrides
+    )
+    started = [AppServer(db_url, settings) for _ in range(2)]
+    yield started
+    for server in started:
+        server.stop()
+
+
+def _row(db_url: str, message_id: str) -> Any:
+    with psycopg.connect(db_url) as conn:
+        return conn.execute(
+            "SELECT status, content, epoch, resume_count, error FROM messages WHERE id = %s",
+            (message_id,),
+        ).fetchone()
+
+
+def _send(server: AppServer, token: str, content: str) -> str:
+    client = ApiClient(server.base, token)
+    conversation = client.conversation()
+    message_id: str = client.send(conversation["id"], content)["assistant_message"]["id"]
+    return message_id
+
+
+def _wait_for_text(server: AppServer, token: str, message_id: str, chars: int) -> None:
+    client = ApiClient(server.base, token)
+    with gevent.Timeout(10, AssertionError("no text")):
+        while len(client.get(f"/api/messages/{message_id}").json()["content"]) < chars:
+            gevent.sleep(0.05)
+
+
+def test_shutdown_hands_over_and_followers_see_the_status(servers: list[AppServer]) -> None:
+    first, second = servers
+    token = make_user(first.db_url, "quinn")
+    content = "@fake chunks=300 size=3 delay=0.01"
+    message_id = _send(first, token, content)
+    follower = gevent.spawn(follow_message, [second.base], token, message_id)
+    _wait_for_text(second, token, message_id, 30)
+    first.runtime.shutdown()
+    result = follower.get(timeout=30)
+    status, stored, epoch, resumes, _ = _row(first.db_url, message_id)
+    assert status == "completed" and epoch == 2 and resumes == 1
+    assert result.text == stored == script_text(parse_directives(content))
+    assert result.statuses == [
+        {"message_id": message_id, "status": "streaming", "epoch": 2, "resumed": True}
+    ]
+    assert result.connections == 1  # the follower on the other server never had to reconnect
+    usage = ApiClient(second.base, token).get(f"/api/messages/{message_id}").json()["usage"]
+    assert usage["estimated"] is True  # the handed-over call was estimated, the second reported
+
+
+@pytest.mark.parametrize("servers", [{"max_resumes": 0}], indirect=True)
+def test_after_max_resumes_an_orphan_is_interrupted(servers: list[AppServer]) -> None:
+    first, second = servers
+    token = make_user(first.db_url, "rae")
+    message_id = _send(first, token, "@fake chunks=300 delay=0.01")
+    _wait_for_text(second, token, message_id, 1)
+    first.runtime.shutdown()
+    result = follow_message([second.base], token, message_id)
+    status, stored, _, _, error = _row(first.db_url, message_id)
+    assert status == "interrupted" and result.done is not None
+    assert result.done["status"] == "interrupted" and "CHATSVC_MAX_RESUMES=0" in error
+    assert result.text == stored and stored
+
+
+def test_concurrent_reapers_never_claim_the_same_orphan(
+    db_url: str, fake_llm: FakeLLMServer
+) -> None:
+    """Thirty expired leases, four processes sweeping at once: each row is claimed once."""
+    with psycopg.connect(db_url) as conn:
+        user = conn.execute("INSERT INTO users (name) VALUES ('sam') RETURNING id").fetchone()
+        assert user is not None
+        conversations = [
+            conn.execute(
+                "INSERT INTO conversations (user_id) VALUES (%s) RETURNING id", (user[0],)
+            ).fetchone()[0]  # type: ignore[index]
+            for _ in range(30)
+        ]
+        for conversation in conversations:
+            conn.execute(
+                "INSERT INTO messages (conversation_id, role, status, epoch, owner, "
+                "lease_expires_at) VALUES (%s, 'assistant', 'streaming', 1, 'gone', "
+                "now() - interval '1 minute')",
+                (conversation,),
+            )
+    settings = TEST_SETTINGS.with_(
+        orphan_policy="interrupt", model="openai/fake", llm_api_base=fake_llm.api_base
+    )
+    reapers = [AppServer(db_url, settings) for _ in range(4)]
+    try:
+        with gevent.Timeout(20), psycopg.connect(db_url, autocommit=True) as conn:
+            while conn.execute(
+                "SELECT count(*) FROM messages WHERE status = 'streaming'"
+            ).fetchone() != (0,):
+                gevent.sleep(0.1)
+            rows = conn.execute("SELECT status, epoch, resume_count FROM messages").fetchall()
+    finally:
+        for server in reapers:
+            server.stop()
+    assert rows == [("interrupted", 2, 1)] * 30
+    assert sum(server.runtime.reaper.taken for server in reapers) == 30
