@@ -7,14 +7,12 @@ from uuid import UUID
 
 from flask import Blueprint, Response, jsonify, request
 
-from chatsvc import auth, conversations, notify, projects, sse, streams, users
+from chatsvc import auth, chat, conversations, notify, projects, sse, streams, users
 from chatsvc import messages as message_rows
 from chatsvc.auth import current_user
 from chatsvc.conversations import Conversation
-from chatsvc.errors import NotFound, TokenLimitExceeded, TooLarge, Unavailable, wrap_exceptions
-from chatsvc.messages import Exchange
+from chatsvc.errors import NotFound, wrap_exceptions
 from chatsvc.runtime import runtime
-from chatsvc.streaming import Stream
 from chatsvc.validation import Field, json_object, query_int, query_uuid, text, uuid_field
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -94,6 +92,8 @@ def add_member(project_id: UUID) -> tuple[Response, int]:
             raise NotFound(f"No user named {body['user']!r}.")
         added = projects.add_member(conn, project_id, member.id)
         project = projects.get_project(conn, current_user().id, project_id)
+        if added:
+            notify.send(conn, [notify.project_event(project_id, "member.added", user_id=member.id)])
     assert project is not None
     return jsonify(project.to_json()), 201 if added else 200
 
@@ -107,17 +107,26 @@ def remove_member(project_id: UUID, name: str) -> Response:
         member = users.user_by_name(conn, name)
         if member is None or not projects.remove_member(conn, project_id, member.id):
             raise NotFound(f"{name!r} is not a member of this project.")
+        # Open project streams of the removed member end: they get nothing more.
+        notify.send(conn, [notify.project_event(project_id, "member.removed", user_id=member.id)])
     return Response(status=204)
+
+
+@bp.get("/projects/<uuid:project_id>/events")
+def project_events(project_id: UUID) -> Response:
+    """SSE: the project room (conversation.created/deleted, stream.started/finished)."""
+    rt = runtime()
+    with wrap_exceptions(), rt.pool.connection() as conn:
+        if projects.get_project(conn, current_user().id, project_id) is None:
+            raise NotFound("No such project.")
+    return sse.project_stream(rt, project_id, current_user().id)
 
 
 # --- conversations --------------------------------------------------------------
 
 
 def _visible_conversation(conn: Any, conversation_id: UUID) -> Conversation:
-    conversation = conversations.get(conn, current_user().id, conversation_id)
-    if conversation is None:
-        raise NotFound("No such conversation.")
-    return conversation
+    return chat.visible(conn, current_user(), conversation_id)
 
 
 @bp.post("/conversations")
@@ -135,6 +144,20 @@ def create_conversation() -> tuple[Response, int]:
         if project_id is not None and projects.get_project(conn, user.id, project_id) is None:
             raise NotFound("No such project.")
         conversation = conversations.create(conn, user.id, project_id, body["title"] or "")
+        if project_id is not None:
+            notify.send(
+                conn,
+                [
+                    notify.project_event(
+                        project_id,
+                        "conversation.created",
+                        conversation_id=conversation.id,
+                        title=conversation.title,
+                        user_id=user.id,
+                        created_at=conversation.created_at,
+                    )
+                ],
+            )
     return _created(conversation.to_json())
 
 
@@ -165,7 +188,7 @@ def get_conversation(conversation_id: UUID) -> Response:
 def delete_conversation(conversation_id: UUID) -> Response:
     """Delete a conversation, cancelling its active answer first."""
     with wrap_exceptions(), runtime().pool.connection() as conn:
-        _visible_conversation(conn, conversation_id)
+        conversation = _visible_conversation(conn, conversation_id)
         active = message_rows.active_in(conn, conversation_id)
         events: list[notify.Event] = []
         if active is not None:
@@ -177,6 +200,12 @@ def delete_conversation(conversation_id: UUID) -> Response:
             )
         conversations.delete(conn, conversation_id)
         events.append(notify.ConversationDeleted(conversation_id))
+        if conversation.project_id is not None:
+            events.append(
+                notify.project_event(
+                    conversation.project_id, "conversation.deleted", conversation_id=conversation_id
+                )
+            )
         notify.send(conn, events)
     return Response(status=204)
 
@@ -185,59 +214,16 @@ def delete_conversation(conversation_id: UUID) -> Response:
 def send_message(conversation_id: UUID) -> tuple[Response, int]:
     """Store the user message and a streaming answer, then generate it in the background."""
     rt = runtime()
-    body = json_object(
-        {
-            "content": Field(
-                text(1, rt.settings.max_message_chars, too_long=TooLarge), required=True
-            ),
-            "model": Field(text(1, 200)),
-            "client_message_id": Field(text(1, 200)),
-        }
+    body = json_object(chat.send_fields(rt.settings))
+    sent = chat.send(
+        rt,
+        current_user(),
+        conversation_id,
+        body["content"],
+        model=body["model"],
+        client_message_id=body["client_message_id"],
     )
-    if rt.hub.closing:
-        raise Unavailable("This server is shutting down; retry on another.")
-    user = current_user()
-    client_id = body["client_message_id"]
-    with wrap_exceptions(), rt.pool.connection() as conn:
-        _visible_conversation(conn, conversation_id)
-        if client_id is not None:
-            earlier = message_rows.exchange_by_client_id(conn, conversation_id, client_id)
-            if earlier is not None:
-                return jsonify(_exchange_json(earlier)), 200
-        if users.usage(conn, user.id).exhausted:
-            raise TokenLimitExceeded()
-        exchange = message_rows.create_exchange(
-            conn,
-            conversation_id=conversation_id,
-            user_id=user.id,
-            content=body["content"],
-            model=body["model"] or rt.settings.model,
-            client_message_id=client_id,
-            owner=rt.owner,
-            lease_s=rt.settings.lease_s,
-        )
-        if exchange is None:  # a concurrent send with the same client_message_id won
-            earlier = message_rows.exchange_by_client_id(conn, conversation_id, client_id or "")
-            assert earlier is not None
-            return jsonify(_exchange_json(earlier)), 200
-        notify.send(
-            conn,
-            [
-                notify.MessageCreated(conversation_id, exchange.user_message.id),
-                notify.MessageCreated(conversation_id, exchange.assistant_message.id),
-            ],
-        )
-    rt.generator.start(Stream.for_message(exchange.assistant_message, rt.settings.model))
-    return jsonify(_exchange_json(exchange)), 202
-
-
-def _exchange_json(exchange: Exchange) -> dict[str, Any]:
-    answer = exchange.assistant_message
-    return {
-        "user_message": exchange.user_message.to_json(),
-        "assistant_message": answer.to_json(),
-        "stream_url": f"/api/messages/{answer.id}/stream",
-    }
+    return jsonify(sent.to_json()), 202 if sent.created else 200
 
 
 @bp.get("/conversations/<uuid:conversation_id>/status")
@@ -253,20 +239,7 @@ def conversation_status(conversation_id: UUID) -> Response:
 @bp.post("/conversations/<uuid:conversation_id>/cancel")
 def cancel_conversation(conversation_id: UUID) -> tuple[Response, int]:
     """Cancel the active answer (idempotent: with none, returns the latest answer)."""
-    with wrap_exceptions(), runtime().pool.connection() as conn:
-        _visible_conversation(conn, conversation_id)
-        active = message_rows.active_in(conn, conversation_id)
-        if active is not None:
-            message = message_rows.request_cancel(conn, active.id) or active
-        else:
-            answers = [
-                m
-                for m in message_rows.in_conversation(conn, conversation_id)
-                if m.role == "assistant"
-            ]
-            if not answers:
-                raise NotFound("This conversation has no answer to cancel.")
-            message = answers[-1]
+    message = chat.cancel_conversation(runtime(), current_user(), conversation_id)
     return jsonify(message.to_json()), 202
 
 
@@ -295,12 +268,7 @@ def get_message(message_id: UUID) -> Response:
 @bp.post("/messages/<uuid:message_id>/cancel")
 def cancel_message(message_id: UUID) -> tuple[Response, int]:
     """Record the intent to cancel an answer; its owner stops within a checkpoint interval."""
-    with wrap_exceptions(), runtime().pool.connection() as conn:
-        message = message_rows.get(conn, current_user().id, message_id)
-        if message is None:
-            raise NotFound("No such message.")
-        if message.is_streaming:
-            message = message_rows.request_cancel(conn, message_id) or message
+    message = chat.cancel_message(runtime(), current_user(), message_id)
     return jsonify(message.to_json()), 202
 
 

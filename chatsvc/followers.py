@@ -316,3 +316,33 @@ class ConversationFollower(Follower):
             # committer publishes locally); announcing it reads everything so far.
             return self._fetch_and_announce(message_id)
         return super().on_event(event)
+
+
+ROOM_EVENTS = ("conversation.created", "conversation.deleted", "stream.started", "stream.finished")
+
+
+class ProjectFollower(Follower):
+    """A project room: the SPEC's four events, for as long as the user stays a member."""
+
+    def __init__(self, pool: ConnectionPool, hub: notify.Hub, heartbeat_s: float) -> None:
+        super().__init__(pool, hub, heartbeat_s)
+        self.user_id = ""
+
+    def event_id(self, message_id: UUID, offset: int) -> str:
+        return f"{message_id}:{offset}"
+
+    def open(self, project_id: UUID, user_id: UUID) -> list[Out]:
+        """Subscribe to the room (the caller checked membership)."""
+        self.user_id = str(user_id)
+        self.sub = self.hub.subscribe(project_id)
+        return []
+
+    def on_event(self, event: notify.Event) -> list[Out]:
+        if not isinstance(event, notify.ProjectEvent):
+            return []
+        if event.name == "member.removed" and event.data.get("user_id") == self.user_id:
+            self.finished = True
+            return []
+        if event.name in ROOM_EVENTS:
+            return [Out(event.name, event.data)]
+        return []

@@ -24,7 +24,7 @@ import psycopg
 from gevent.queue import Empty, Full, Queue
 from psycopg import Connection
 
-from chatsvc import db
+from chatsvc import db, jsonio
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,16 @@ class ProjectEvent:
     project_id: UUID
     name: str
     data: dict[str, Any]
+
+
+def project_event(project_id: UUID, name: str, **data: Any) -> ProjectEvent:
+    """A project room event, its data as it will appear in JSON."""
+    fields = {"project_id": project_id, **data}
+    return ProjectEvent(project_id, name, {k: _plain(v) for k, v in fields.items()})
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, str | int | None) else jsonio.default(value)
 
 
 Event = (

@@ -10,7 +10,14 @@ from flask import Response, request
 
 from chatsvc import jsonio
 from chatsvc.errors import InvalidRequest, Unavailable
-from chatsvc.followers import ConversationFollower, Cursor, Follower, MessageFollower, Out
+from chatsvc.followers import (
+    ConversationFollower,
+    Cursor,
+    Follower,
+    MessageFollower,
+    Out,
+    ProjectFollower,
+)
 from chatsvc.runtime import Runtime
 from chatsvc.validation import parse_offset
 
@@ -76,3 +83,9 @@ def conversation_stream(rt: Runtime, conversation_id: UUID) -> Response:
     follower = ConversationFollower(rt.pool, rt.hub, rt.settings.heartbeat_s)
     first = follower.open(conversation_id, cursor)
     return _respond(follower, first)
+
+
+def project_stream(rt: Runtime, project_id: UUID, user_id: UUID) -> Response:
+    """GET /api/projects/{id}/events (the caller checked membership)."""
+    follower = ProjectFollower(rt.pool, rt.hub, rt.settings.heartbeat_s)
+    return _respond(follower, follower.open(project_id, user_id))

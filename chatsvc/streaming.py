@@ -148,7 +148,8 @@ WITH m AS (
         lease_expires_at = NULL
     WHERE m.id = %(id)s AND m.epoch = %(epoch)s AND m.status = 'streaming'
       AND m.content_length = %(start)s
-    RETURNING m.id, m.user_id, m.usage
+    RETURNING m.id, m.user_id, m.usage,
+              (SELECT c.project_id FROM conversations c WHERE c.id = m.conversation_id) AS project
 ), calls AS (
     INSERT INTO llm_calls (message_id, user_id, epoch, model, prompt_tokens, completion_tokens,
                            estimated)
@@ -157,7 +158,7 @@ WITH m AS (
 ), chunks AS (
     DELETE FROM message_chunks c USING m WHERE c.message_id = m.id
 )
-SELECT usage FROM m
+SELECT usage, project FROM m
 """
 
 # Handing streams over on shutdown: no owner, lease expired now, so any live
@@ -405,16 +406,28 @@ class Checkpointer:
                     stream.conversation_id, stream.message_id, stream.committed, length, tail
                 )
             )
+        usage, project_id = row
         events.append(
             notify.Finished(
                 stream.conversation_id,
                 stream.message_id,
                 ending.status,
                 length,
-                row[0],
+                usage,
                 ending.error,
             )
         )
+        if project_id is not None:
+            events.append(
+                notify.project_event(
+                    project_id,
+                    "stream.finished",
+                    conversation_id=stream.conversation_id,
+                    message_id=stream.message_id,
+                    status=ending.status,
+                    content_length=length,
+                )
+            )
         return True
 
     def _lose(self, stream: Stream) -> None:

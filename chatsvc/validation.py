@@ -25,14 +25,24 @@ def json_object(fields: dict[str, Field]) -> dict[str, Any]:
     """The request's JSON object with exactly these fields, parsed; raises 415, 400 or 422."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType()
-    raw = request.get_data(cache=False)
+    return fields_of(parse_json(request.get_data(cache=False)), fields)
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """JSON text as a value; InvalidJson if it is not JSON."""
     try:
-        body = json.loads(raw) if raw.strip() else None
+        return json.loads(raw) if raw.strip() else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJson(f"The request body is not valid JSON: {exc}.") from None
+
+
+def fields_of(
+    body: Any, fields: dict[str, Field], *, ignore: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A JSON object with exactly these fields (besides `ignore`), parsed; 422 otherwise."""
     if not isinstance(body, dict):
         raise ValidationError("The request body must be a JSON object.")
-    unknown = sorted(set(body) - set(fields))
+    unknown = sorted(set(body) - set(fields) - set(ignore))
     if unknown:
         raise ValidationError(f"Unknown field {unknown[0]!r}.")
     parsed: dict[str, Any] = {}

@@ -12,6 +12,7 @@ import gevent
 import psycopg
 import requests
 from gevent.pywsgi import WSGIServer
+from simple_websocket import Client
 
 from chatsvc import users
 from chatsvc.app import create_app
@@ -243,6 +244,11 @@ def follow_message(
                 gevent.sleep(0.1)
                 continue
             if response.status_code == 204:
+                # Everything was read but `done` was missed (the connection dropped
+                # between the last delta and it): 204 says so; take the end state
+                # from the message itself.
+                message = session.get(f"{base}/api/messages/{message_id}", timeout=5).json()
+                result.done = {k: message[k] for k in ("status", "content_length", "error")}
                 break
             if response.status_code != 200:
                 response.close()
@@ -272,3 +278,44 @@ def follow_message(
     finally:
         deadline.cancel()
     return result
+
+
+class WsClient:
+    """A WebSocket client speaking JSON frames."""
+
+    def __init__(self, base: str, headers: dict[str, str] | None = None) -> None:
+        self.client = Client.connect(
+            base.replace("http://", "ws://") + "/api/ws", headers=headers or {}
+        )
+
+    def send(self, frame: Any) -> None:
+        self.client.send(frame if isinstance(frame, str) else json.dumps(frame))
+
+    def receive(self, timeout: float = 10) -> dict[str, Any]:
+        raw = self.client.receive(timeout=timeout)
+        assert raw is not None, "no frame in time"
+        frame: dict[str, Any] = json.loads(raw)
+        return frame
+
+    def until(self, predicate: Any, timeout: float = 20) -> list[dict[str, Any]]:
+        """Frames up to and including the first that satisfies predicate."""
+        frames = []
+        with gevent.Timeout(timeout):
+            while True:
+                frames.append(self.receive(timeout))
+                if predicate(frames[-1]):
+                    return frames
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def frames_text(frames: list[dict[str, Any]], message_id: str) -> str:
+    """The text of a message's delta frames, asserting no gap and no overlap."""
+    offset, parts = None, []
+    for frame in frames:
+        if frame["type"] == "delta" and frame["message_id"] == message_id:
+            assert offset is None or frame["offset"] == offset, "gap or overlap"
+            offset = frame["offset"] + len(frame["text"])
+            parts.append(frame["text"])
+    return "".join(parts)

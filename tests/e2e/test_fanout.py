@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tests.e2e.conftest import Instance
-from tests.support import ApiClient, FakeLLMServer, read_sse
+from tests.support import ApiClient, FakeLLMServer, WsClient, frames_text, make_user, read_sse
 
 pytestmark = pytest.mark.e2e
 
@@ -322,3 +322,49 @@ def test_send_semantics_through_gunicorn(
     failing = on_b.send(conversation["id"], "@fake chunks=40 fail_after=7")
     failed = on_a.wait_terminal(failing["assistant_message"]["id"])
     assert failed["status"] == "failed" and failed["content_length"] == 28 and failed["error"]
+
+
+def test_websocket_and_project_room_across_instances(
+    pair: tuple[Instance, Instance], shared_db: str
+) -> None:
+    a, b = pair
+    owner_token = make_user(shared_db, f"owner{time.monotonic_ns()}")
+    member_token = make_user(shared_db, f"member{time.monotonic_ns()}")
+    owner, member = a.client(owner_token), b.client(member_token)
+    member_name = member.get("/api/me").json()["name"]
+    project = owner.post("/api/projects", {"name": "Room"}).json()
+    owner.post(f"/api/projects/{project['id']}/members", {"user": member_name})
+    room: list[Any] = []
+
+    def read_room() -> None:
+        for event in member.sse(f"/api/projects/{project['id']}/events"):
+            room.append((event.event, event.json()))
+
+    reader = gevent.spawn(read_room)
+    ws = WsClient(b.base)
+    ws.send({"type": "auth", "token": member_token})
+    ws.send({"type": "join_project", "project_id": project["id"]})
+    gevent.sleep(0.3)  # let both room followers subscribe
+    try:
+        conversation = owner.conversation(project_id=project["id"])
+        answer = owner.send(conversation["id"], "@fake chunks=60 size=3 delay=0.01 alphabet=mixed")[
+            "assistant_message"
+        ]
+        ws.send(
+            {"type": "subscribe", "conversation_id": conversation["id"], "message_id": answer["id"]}
+        )
+        frames = ws.until(lambda f: f["type"] == "done")
+        content = _content(shared_db, answer["id"])[0]
+        assert frames_text(frames, answer["id"]) == content
+        frame_types = [f["type"] for f in frames]
+        assert "conversation.created" in frame_types and "stream.started" in frame_types
+        with gevent.Timeout(10):
+            while len(room) < 3:
+                gevent.sleep(0.05)
+        assert [e[0] for e in room] == ["conversation.created", "stream.started", "stream.finished"]
+        owner.delete(f"/api/projects/{project['id']}/members/{member_name}")
+        reader.join(timeout=10)
+        assert reader.ready()  # the removed member's room stream ended
+    finally:
+        ws.close()
+        reader.kill()

@@ -79,6 +79,15 @@ def test_shutdown_hands_over_and_followers_see_the_status(servers: list[AppServe
     assert result.connections == 1  # the follower on the other server never had to reconnect
     usage = ApiClient(second.base, token).get(f"/api/messages/{message_id}").json()["usage"]
     assert usage["estimated"] is True  # the handed-over call was estimated, the second reported
+    with psycopg.connect(first.db_url) as conn:  # one row per LLM call, none twice
+        calls = conn.execute(
+            "SELECT epoch, estimated, prompt_tokens, completion_tokens "
+            "FROM llm_calls WHERE message_id = %s ORDER BY epoch",
+            (message_id,),
+        ).fetchall()
+    assert [(c[0], c[1]) for c in calls] == [(1, True), (2, False)]
+    assert usage["prompt_tokens"] == calls[0][2] + calls[1][2]
+    assert usage["completion_tokens"] == calls[0][3] + calls[1][3]
 
 
 @pytest.mark.parametrize("servers", [{"max_resumes": 0}], indirect=True)

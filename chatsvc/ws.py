@@ -1,0 +1,292 @@
+"""The WebSocket transport (SPEC section 4): the same operations over one socket.
+
+Frames are JSON objects with a `type`. Client → server: `auth`, `subscribe`,
+`send`, `cancel`, `join_project`. Server → client: `message`, `delta`, `status`,
+`done`, `error`, and the project room events, with the same fields and offset
+rules as SSE (the followers are the same code). A bad frame gets an `error` frame
+and the socket stays usable; before `auth` only `auth` is accepted (a browser's
+session cookie, or a Bearer header on the upgrade request, authenticates at once).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import gevent
+from flask import Blueprint, Flask, request
+from flask_sock import Sock
+from gevent.lock import Semaphore
+from simple_websocket import ConnectionClosed
+
+from chatsvc import auth, chat, jsonio, projects, users
+from chatsvc import messages as message_rows
+from chatsvc.errors import (
+    ApiError,
+    InvalidRequest,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    wrap_exceptions,
+)
+from chatsvc.followers import (
+    ConversationFollower,
+    Cursor,
+    Follower,
+    MessageFollower,
+    Out,
+    ProjectFollower,
+)
+from chatsvc.runtime import Runtime, runtime
+from chatsvc.users import User
+from chatsvc.validation import Field, fields_of, parse_json, text, uuid_field
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("ws", __name__)
+sock = Sock()
+
+# Close code 1012 "service restart": the client should reconnect (elsewhere).
+CLOSE_RESTART = 1012
+
+
+def init_app(app: Flask) -> None:
+    """Serve /api/ws; the socket library enforces a hard frame limit above ours."""
+    settings = runtime_of(app).settings
+    app.config["SOCK_SERVER_OPTIONS"] = {
+        "ping_interval": settings.heartbeat_s,
+        "max_message_size": 4 * settings.max_body_bytes,
+    }
+    sock.init_app(app)
+    app.register_blueprint(bp)
+
+
+def runtime_of(app: Flask) -> Runtime:
+    """The app's runtime (outside a request)."""
+    rt: Runtime = app.extensions["chatsvc"]
+    return rt
+
+
+@sock.route("/api/ws", bp=bp)  # type: ignore[untyped-decorator]
+def websocket(ws: Any) -> None:
+    """One WebSocket connection."""
+    Connection(ws, runtime(), _upgrade_user()).run()
+
+
+def _upgrade_user() -> User | None:
+    """The user the upgrade request authenticates, if it carries a cookie or Bearer header."""
+    if not request.headers.get("Authorization") and not request.cookies.get(auth.COOKIE):
+        return None
+    try:
+        auth.authenticate()
+    except ApiError:
+        return None
+    return auth.current_user()
+
+
+class Connection:
+    """A socket's state: who it is, what it follows, and what its sends have used."""
+
+    def __init__(self, ws: Any, rt: Runtime, user: User | None) -> None:
+        self.ws = ws
+        self.rt = rt
+        self.user = user
+        self.send_lock = Semaphore()
+        self.follows: dict[tuple[str, UUID], gevent.Greenlet] = {}
+        self.sent_answers: set[UUID] = set()
+        self.tokens_used = 0
+        self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            "auth": self.on_auth,
+            "subscribe": self.on_subscribe,
+            "send": self.on_send,
+            "cancel": self.on_cancel,
+            "join_project": self.on_join_project,
+        }
+
+    def run(self) -> None:
+        """Read frames until the client or the server goes away."""
+        try:
+            while not self.rt.hub.closing:
+                raw = self.ws.receive(timeout=1.0)
+                if raw is not None:
+                    self.handle(raw)
+            self.ws.close(CLOSE_RESTART, "server restarting; reconnect")
+        except ConnectionClosed:
+            pass
+        finally:
+            gevent.killall(list(self.follows.values()), block=False)
+
+    def handle(self, raw: str | bytes) -> None:
+        """Dispatch one frame; any failure becomes an error frame."""
+        frame: dict[str, Any] = {}
+        try:
+            if len(raw) > self.rt.settings.max_body_bytes:
+                raise TooLarge("The frame is too large.")
+            frame = parse_json(raw)
+            if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+                raise InvalidRequest("A frame must be a JSON object with a string 'type'.")
+            handler = self.handlers.get(frame["type"])
+            if handler is None:
+                raise InvalidRequest(f"Unknown frame type {frame['type']!r}.")
+            if self.user is None and frame["type"] != "auth":
+                raise Unauthorized("Send an 'auth' frame with your token first.")
+            handler(frame)
+        except ApiError as error:
+            self.error(error, frame)
+        except Exception:
+            log.exception("websocket frame failed")
+            self.emit(
+                {
+                    "type": "error",
+                    "code": "internal_error",
+                    "message": "Something went wrong on our side.",
+                }
+            )
+
+    def error(self, error: ApiError, frame: dict[str, Any]) -> None:
+        """An `error` frame with the SPEC's code and message (and the offending frame's type)."""
+        body: dict[str, Any] = {"type": "error", "code": error.code, "message": error.message}
+        if isinstance(frame, dict) and isinstance(frame.get("type"), str):
+            body["request"] = frame["type"]
+        self.emit(body)
+
+    def emit(self, body: dict[str, Any]) -> None:
+        """Send one frame (one writer at a time: frames must not interleave)."""
+        data = jsonio.dumps(body)
+        with self.send_lock:
+            self.ws.send(data)
+
+    # --- frames -----------------------------------------------------------------------
+
+    def on_auth(self, frame: dict[str, Any]) -> None:
+        body = fields_of(frame, {"token": Field(text(1, 200), required=True)}, ignore=("type",))
+        with wrap_exceptions(), self.rt.pool.connection() as conn:
+            found = users.user_by_token(conn, body["token"])
+        if found is None:
+            raise Unauthorized("This token is not valid.")
+        self.user = found[0]
+
+    def on_subscribe(self, frame: dict[str, Any]) -> None:
+        body = fields_of(
+            frame,
+            {
+                "conversation_id": Field(uuid_field, required=True),
+                "message_id": Field(uuid_field),
+                "offset": Field(_offset),
+            },
+            ignore=("type",),
+        )
+        user = self._user()
+        conversation_id: UUID = body["conversation_id"]
+        with wrap_exceptions(), self.rt.pool.connection() as conn:
+            chat.visible(conn, user, conversation_id)
+            message_id: UUID | None = body["message_id"]
+            if message_id is not None:
+                message = message_rows.get(conn, user.id, message_id)
+                if message is None or message.conversation_id != conversation_id:
+                    raise NotFound("No such message in this conversation.")
+        if message_id is None:
+            if body["offset"] is not None:
+                raise InvalidRequest("An offset needs a message_id.")
+            self._follow_conversation(conversation_id)
+        else:
+            self._follow_message(message_id, body["offset"] or 0)
+
+    def on_send(self, frame: dict[str, Any]) -> None:
+        fields = {
+            "conversation_id": Field(uuid_field, required=True),
+            **chat.send_fields(self.rt.settings),
+        }
+        body = fields_of(frame, fields, ignore=("type",))
+        sent = chat.send(
+            self.rt,
+            self._user(),
+            body["conversation_id"],
+            body["content"],
+            model=body["model"],
+            client_message_id=body["client_message_id"],
+        )
+        answer = sent.exchange.assistant_message
+        self.sent_answers.add(answer.id)
+        if ("conversation", body["conversation_id"]) not in self.follows:
+            self.emit({"type": "message", **sent.exchange.user_message.to_json()})
+            self.emit({"type": "message", **answer.to_json()})
+            self._follow_message(answer.id, answer.content_length)
+
+    def on_cancel(self, frame: dict[str, Any]) -> None:
+        body = fields_of(
+            frame, {"conversation_id": Field(uuid_field, required=True)}, ignore=("type",)
+        )
+        chat.cancel_conversation(self.rt, self._user(), body["conversation_id"])
+
+    def on_join_project(self, frame: dict[str, Any]) -> None:
+        body = fields_of(frame, {"project_id": Field(uuid_field, required=True)}, ignore=("type",))
+        user = self._user()
+        with wrap_exceptions(), self.rt.pool.connection() as conn:
+            if projects.get_project(conn, user.id, body["project_id"]) is None:
+                raise NotFound("No such project.")
+        follower = ProjectFollower(self.rt.pool, self.rt.hub, self.rt.settings.heartbeat_s)
+        self._start(
+            ("project", body["project_id"]), follower, follower.open(body["project_id"], user.id)
+        )
+
+    # --- following ----------------------------------------------------------------------
+
+    def _user(self) -> User:
+        assert self.user is not None
+        return self.user
+
+    def _follow_conversation(self, conversation_id: UUID, cursor: Cursor | None = None) -> None:
+        follower = ConversationFollower(self.rt.pool, self.rt.hub, self.rt.settings.heartbeat_s)
+        self._start(
+            ("conversation", conversation_id), follower, follower.open(conversation_id, cursor)
+        )
+
+    def _follow_message(self, message_id: UUID, offset: int) -> None:
+        follower = MessageFollower(self.rt.pool, self.rt.hub, self.rt.settings.heartbeat_s)
+        _, first = follower.open(message_id, offset)
+        self._start(("message", message_id), follower, first)
+
+    def _start(self, key: tuple[str, UUID], follower: Follower, first: list[Out]) -> None:
+        """Forward a follower's events as frames, replacing an earlier follow of the same thing."""
+        earlier = self.follows.pop(key, None)
+        if earlier is not None:
+            earlier.kill(block=False)
+        self.follows[key] = gevent.spawn(self._forward, key, follower, first)
+
+    def _forward(self, key: tuple[str, UUID], follower: Follower, first: list[Out]) -> None:
+        try:
+            for out in follower.events(first):
+                if out is not None:  # heartbeats: the socket pings by itself
+                    self.emit(self._frame(out))
+        except ConnectionClosed:
+            pass
+        except ApiError as error:
+            self.error(error, {})
+        finally:
+            follower.close()
+            if self.follows.get(key) is gevent.getcurrent():
+                del self.follows[key]
+
+    def _frame(self, out: Out) -> dict[str, Any]:
+        frame = {"type": out.event, **out.data}
+        if out.event == "done":
+            message_id = out.data["message_id"]
+            if message_id in self.sent_answers:
+                self.sent_answers.discard(message_id)
+                usage = out.data["usage"]
+                self.tokens_used += usage["prompt_tokens"] + usage["completion_tokens"]
+            frame["tokens_used"] = self.tokens_used
+            with wrap_exceptions(), self.rt.pool.connection() as conn:
+                used = users.usage(conn, self._user().id)
+            frame["user_tokens_used"] = used.total_tokens
+            frame["token_limit"] = used.token_limit
+        return frame
+
+
+def _offset(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequest(f"Field {name!r} must be a non-negative integer.")
+    return value
