@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import gevent
-import gevent.event
 import psycopg
 from psycopg import Connection
 from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
 from chatsvc import notify
+from chatsvc.background import Background
 from chatsvc.config import Settings
 from chatsvc.streaming import Checkpointer, Ending, Generator, Stream
 
@@ -108,7 +107,7 @@ SELECT id, conversation_id, user_id, model, epoch, content_length, resume_count 
 """
 
 
-class Reaper:
+class Reaper(Background):
     """Takes over orphaned answers: on a timer, when woken by a release, and at startup."""
 
     def __init__(
@@ -121,6 +120,7 @@ class Reaper:
         *,
         listening_since: Callable[[], float | None],
     ) -> None:
+        super().__init__()
         self.settings = settings
         self.pool = pool
         self.checkpointer = checkpointer
@@ -130,24 +130,6 @@ class Reaper:
         # Often enough that an expired lease is noticed within about a second.
         self.interval = min(1.0, settings.lease_s / 3)
         self.taken = 0
-        self._wake = gevent.event.Event()
-        self._stopped = False
-        self._greenlet: gevent.Greenlet | None = None
-
-    def start(self) -> None:
-        """Run in a greenlet; the first sweep happens at once."""
-        self._greenlet = gevent.spawn(self._run)
-
-    def stop(self) -> None:
-        """Take over nothing more."""
-        self._stopped = True
-        self._wake.set()
-        if self._greenlet is not None:
-            self._greenlet.join(timeout=5)
-
-    def wake(self) -> None:
-        """Sweep now (another process released its streams)."""
-        self._wake.set()
 
     def _run(self) -> None:
         while not self._stopped:

@@ -25,6 +25,7 @@ from gevent.queue import Empty, Full, Queue
 from psycopg import Connection
 
 from chatsvc import db, jsonio
+from chatsvc.background import Background
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +347,7 @@ def _route_keys(event: Event) -> tuple[UUID, ...]:
 LIVENESS_LOCK = "SELECT pg_advisory_lock(%s, %s)"
 
 
-class Listener:
+class Listener(Background):
     """The process's single LISTEN connection, feeding the hub; reconnects by itself."""
 
     def __init__(
@@ -357,24 +358,19 @@ class Listener:
         own_pids: Callable[[], set[int]],
         liveness_lock: tuple[int, int] | None = None,
     ) -> None:
+        super().__init__()
         self.url = url
         self.hub = hub
         self.own_pids = own_pids
         self.liveness_lock = liveness_lock
         self.connected = gevent.event.Event()
         self.connected_at: float | None = None
-        self._stopped = False
-        self._greenlet: gevent.Greenlet | None = None
 
-    def start(self) -> None:
-        """Run in a greenlet."""
-        self._greenlet = gevent.spawn(self._run)
-
-    def stop(self) -> None:
-        """Stop listening."""
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop listening (at once: the loop may be waiting on the connection)."""
         self._stopped = True
         if self._greenlet is not None:
-            self._greenlet.kill(block=True, timeout=2)
+            self._greenlet.kill(block=True, timeout=timeout)
 
     def _run(self) -> None:
         backoff = 0.1

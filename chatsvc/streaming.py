@@ -30,6 +30,7 @@ from psycopg import Connection
 
 from chatsvc import db, llm, notify
 from chatsvc import messages as message_rows
+from chatsvc.background import Background
 from chatsvc.config import Settings
 from chatsvc.errors import Fenced
 from chatsvc.messages import Message
@@ -173,10 +174,11 @@ RETURNING m.id
 RECONCILE = "SELECT id, epoch, status, content_length FROM messages WHERE id = ANY(%s)"
 
 
-class Checkpointer:
+class Checkpointer(Background):
     """The process's one committer: group-commits the text of every stream it owns."""
 
     def __init__(self, url: str, settings: Settings, publish: Callable[[list[notify.Event]], None]):
+        super().__init__()
         self.url = url
         self.settings = settings
         self.publish = publish
@@ -184,24 +186,13 @@ class Checkpointer:
         self.stats = Stats()
         self.backend_pids: set[int] = set()
         self.renew_every = settings.lease_s / 3
-        self._wake = gevent.event.Event()
         self._conn: Connection[Any] | None = None
         self._uncertain: list[Stream] = []
-        self._stopped = False
-        self._greenlet: gevent.Greenlet | None = None
 
-    def start(self) -> None:
-        """Run in a greenlet."""
-        self._greenlet = gevent.spawn(self._run)
-
-    def stop(self) -> None:
-        """Stop after the in-flight commit."""
-        self._stopped = True
-        self._wake.set()
-        if self._greenlet is not None:
-            self._greenlet.join(timeout=5)
-        if self._conn is not None:
-            self._conn.close()
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop after the in-flight commit (and once no stream is left)."""
+        super().stop(timeout)
+        self._drop_connection()
 
     def release_all(self, timeout: float) -> int:
         """Hand every stream over: stop its generator, commit its text, clear owner and lease."""
@@ -277,7 +268,8 @@ class Checkpointer:
     def _connection(self) -> Connection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = db.connect(self.url, purpose="chatsvc-checkpoint")
-            self.backend_pids.add(self._conn.info.backend_pid)
+            # Only the live connection's pid: Postgres may reuse an old one.
+            self.backend_pids = {self._conn.info.backend_pid}
         return self._conn
 
     def _drop_connection(self) -> None:
