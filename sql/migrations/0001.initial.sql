@@ -63,24 +63,27 @@ CREATE TABLE messages (
     conversation_id     uuid NOT NULL REFERENCES conversations ON DELETE CASCADE,
     seq                 bigint GENERATED ALWAYS AS IDENTITY,
     user_id             uuid REFERENCES users ON DELETE SET NULL,
+    reply_to            uuid REFERENCES messages ON DELETE CASCADE,
+    epoch               integer NOT NULL DEFAULT 0,
+    resume_count        integer NOT NULL DEFAULT 0,
+    -- The three columns every checkpoint changes sit side by side: Postgres logs
+    -- an update as the bytes between the common prefix and suffix of the old and
+    -- new row, so this keeps a checkpoint's WAL for the row to a few dozen bytes.
+    content_length      integer NOT NULL DEFAULT 0,
+    last_checkpoint_at  timestamptz,
+    lease_expires_at    timestamptz,
+    created_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    completed_at        timestamptz,
+    cancel_requested_at timestamptz,
     role                text NOT NULL CHECK (role IN ('user', 'assistant')),
     status              text NOT NULL
                         CHECK (status IN ('streaming', 'completed', 'cancelled', 'failed', 'interrupted')),
-    content             text NOT NULL DEFAULT '',
-    content_length      integer NOT NULL DEFAULT 0,
-    reply_to            uuid REFERENCES messages ON DELETE CASCADE,
-    client_message_id   text CHECK (char_length(client_message_id) BETWEEN 1 AND 200),
-    model               text,
-    epoch               integer NOT NULL DEFAULT 0,
     owner               text,
-    lease_expires_at    timestamptz,
-    last_checkpoint_at  timestamptz,
-    cancel_requested_at timestamptz,
-    resume_count        integer NOT NULL DEFAULT 0,
+    model               text,
+    client_message_id   text CHECK (char_length(client_message_id) BETWEEN 1 AND 200),
     usage               jsonb,
     error               text,
-    created_at          timestamptz NOT NULL DEFAULT clock_timestamp(),
-    completed_at        timestamptz,
+    content             text NOT NULL DEFAULT '',
     CONSTRAINT messages_terminal_has_completed_at CHECK ((status = 'streaming') = (completed_at IS NULL)),
     CONSTRAINT messages_only_answers_stream CHECK (role = 'assistant' OR status <> 'streaming')
 ) WITH (fillfactor = 80);  -- room for the HOT updates of each checkpoint
@@ -93,13 +96,29 @@ CREATE UNIQUE INDEX messages_client_message_id
 CREATE INDEX messages_conversation_order ON messages (conversation_id, seq);
 CREATE INDEX messages_reply_to ON messages (reply_to) WHERE reply_to IS NOT NULL;
 
+-- No foreign key: its check would lock the message row, a WAL record at every
+-- checkpoint. Only streaming answers have chunks; the trigger below removes
+-- them when such an answer is deleted (finishing removes them itself).
 CREATE TABLE message_chunks (
-    message_id   uuid NOT NULL REFERENCES messages ON DELETE CASCADE,
+    message_id   uuid NOT NULL,
     start_offset integer NOT NULL CHECK (start_offset >= 0),
     epoch        integer NOT NULL,  -- which owner wrote it (accounting after a crash)
     content      text NOT NULL,
     PRIMARY KEY (message_id, start_offset)
 );
+
+CREATE FUNCTION chatsvc_delete_chunks() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM message_chunks WHERE message_id = OLD.id;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER messages_delete_chunks
+    AFTER DELETE ON messages
+    FOR EACH ROW WHEN (OLD.status = 'streaming')
+    EXECUTE FUNCTION chatsvc_delete_chunks();
 
 -- Token accounting: one row per LLM call, written in the transaction that ends
 -- (or hands over) that call, so a resumed answer counts each call exactly once.

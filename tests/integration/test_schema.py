@@ -161,3 +161,19 @@ def test_psql_cancel_update_notifies_the_owner(conn: psycopg.Connection[Any], db
         notices = list(listener.notifies(timeout=2, stop_after=1))
     assert len(notices) == 1
     assert notices[0].payload == f'[["c", "{conversation}", "{message}"]]'
+
+
+def test_deleting_a_streaming_answer_deletes_its_chunks(conn: psycopg.Connection[Any]) -> None:
+    _, conversation = _conversation(conn)
+    message = conn.execute(
+        "INSERT INTO messages (conversation_id, role, status) VALUES (%s, 'assistant', "
+        "'streaming') RETURNING id",
+        (conversation,),
+    ).fetchone()[0]
+    conn.execute(
+        "INSERT INTO message_chunks (message_id, start_offset, epoch, content) "
+        "VALUES (%s, 0, 1, 'partial')",
+        (message,),
+    )
+    conn.execute("DELETE FROM conversations WHERE id = %s", (conversation,))
+    assert conn.execute("SELECT count(*) FROM message_chunks").fetchone() == (0,)
