@@ -103,9 +103,16 @@ class Stats:
     errors: int = 0
 
 
-# One statement checkpoints every stream in the batch. A stream whose epoch or
-# committed length no longer matches (taken over, ended, or fenced) is simply
-# not returned, and its text is never written.
+# One statement checkpoints every stream in the batch, and is its own
+# transaction: one round trip to commit any number of streams. A stream whose
+# epoch or committed length no longer matches (taken over, ended, or fenced) is
+# simply not returned, and its text is never written.
+#
+# The statement also NOTIFYs the new text of the rows it wrote, as "d" events
+# (see notify.py) packed into payloads under Postgres's 8000-byte limit: a
+# payload holds the items whose running total of bytes ends within one band, so
+# at most one item reaching in from the band before, plus one band. An item
+# whose text would not fit goes without it; readers fetch that from the table.
 CHECKPOINT = """
 WITH b AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(epochs)s::int[], %(starts)s::int[], %(texts)s::text[])
@@ -118,13 +125,30 @@ WITH b AS (
     FROM b
     WHERE m.id = b.id AND m.epoch = b.epoch AND m.status = 'streaming'
       AND m.content_length = b.start_offset
-    RETURNING m.id, m.epoch, m.cancel_requested_at IS NOT NULL AS cancel, b.start_offset, b.content
+    RETURNING m.id, m.conversation_id, m.epoch, m.cancel_requested_at IS NOT NULL AS cancel,
+              b.start_offset, b.content
 ), c AS (
     INSERT INTO message_chunks (message_id, start_offset, epoch, content)
     SELECT id, start_offset, epoch, content FROM m WHERE content <> ''
+), items AS (
+    SELECT CASE WHEN octet_length(whole) <= %(max_item)s THEN whole ELSE bare END AS item
+    FROM (
+        SELECT json_build_array('d', conversation_id, id, start_offset,
+                                start_offset + char_length(content), content)::text AS whole,
+               json_build_array('d', conversation_id, id, start_offset,
+                                start_offset + char_length(content), NULL)::text AS bare
+        FROM m WHERE content <> ''
+    ) x
+), packed AS (
+    SELECT item, sum(octet_length(item) + 1) OVER (ORDER BY item) / %(band)s AS band FROM items
+), sent AS (
+    SELECT pg_notify(%(channel)s, '[' || string_agg(item, ',') || ']') FROM packed GROUP BY band
 )
-SELECT id, cancel FROM m
+SELECT id, cancel, (SELECT count(*) FROM sent) FROM m
 """
+# Bounds for the packing above: max_item + band + brackets < 8000 bytes.
+MAX_NOTIFY_ITEM = 4000
+NOTIFY_BAND = 3500
 
 # Content, status, usage and error of a finished answer, and its LLM call, in one
 # statement; the chunks it was assembled from are deleted in the same snapshot.
@@ -267,7 +291,7 @@ class Checkpointer(Background):
 
     def _connection(self) -> Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = db.connect(self.url, purpose="chatsvc-checkpoint")
+            self._conn = db.connect(self.url, autocommit=True, purpose="chatsvc-checkpoint")
             # Only the live connection's pid: Postgres may reuse an old one.
             self.backend_pids = {self._conn.info.backend_pid}
         return self._conn
@@ -296,13 +320,18 @@ class Checkpointer(Background):
         counts = {s: len(s.pending) for s in batch}
         events: list[notify.Event] = []
         self._uncertain = batch
-        with conn.transaction():
+        if ending or any(s.releasing for s in ongoing):
+            with conn.transaction():
+                written, cancels = self._checkpoint(conn, ongoing, texts, events)
+                releasing = [s for s in ongoing if s.releasing and s in written]
+                released = self._release(conn, releasing)
+                more: list[notify.Event] = [notify.LeasesReleased()] if released else []
+                finished = {s for s in ending if self._finish(conn, s, texts[s], more)}
+                notify.send(conn, more)
+                events += more
+        else:  # the common case: one statement, one round trip, its own transaction
             written, cancels = self._checkpoint(conn, ongoing, texts, events)
-            released = self._release(conn, [s for s in ongoing if s.releasing and s in written])
-            finished = {s for s in ending if self._finish(conn, s, texts[s], events)}
-            if released:
-                events.append(notify.LeasesReleased())
-            notify.send(conn, events)
+            released, finished = set(), set()
         self._uncertain = []
         self.stats.transactions += 1
         self.stats.commit_seconds += time.monotonic() - started
@@ -345,6 +374,9 @@ class Checkpointer(Background):
             "starts": [s.committed for s in streams],
             "texts": [texts[s] for s in streams],
             "lease": self.settings.lease_s,
+            "channel": notify.CHANNEL,
+            "max_item": MAX_NOTIFY_ITEM,
+            "band": NOTIFY_BAND,
         }
         rows = conn.execute(CHECKPOINT, params).fetchall()
         ok = {row[0] for row in rows}
@@ -442,7 +474,6 @@ class Checkpointer(Background):
         """After a failed commit, learn from the database whether it happened after all."""
         streams, self._uncertain = self._uncertain, []
         rows = conn.execute(RECONCILE, ([s.message_id for s in streams],)).fetchall()
-        conn.rollback()
         state = {row[0]: row[1:] for row in rows}
         for stream in streams:
             epoch, status, length = state.get(stream.message_id, (None, None, None))

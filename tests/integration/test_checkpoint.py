@@ -1,0 +1,94 @@
+"""The checkpoint statement: one round trip commits a batch and notifies it within limits."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from chatsvc import notify
+from chatsvc.streaming import Checkpointer, Stream
+from tests.support import TEST_SETTINGS
+
+
+def _streams(conn: psycopg.Connection[Any], count: int) -> list[Stream]:
+    user = conn.execute("INSERT INTO users (name) VALUES ('cp') RETURNING id").fetchone()[0]
+    streams = []
+    for _ in range(count):
+        conversation = conn.execute(
+            "INSERT INTO conversations (user_id) VALUES (%s) RETURNING id", (user,)
+        ).fetchone()[0]
+        message = conn.execute(
+            "INSERT INTO messages (conversation_id, role, status, epoch, owner, lease_expires_at) "
+            "VALUES (%s, 'assistant', 'streaming', 1, 'me', now() + interval '1 minute') "
+            "RETURNING id",
+            (conversation,),
+        ).fetchone()[0]
+        streams.append(Stream(message, conversation, user, "m", epoch=1, committed=0))
+    return streams
+
+
+def test_a_batch_is_committed_and_notified_in_payloads_under_the_limit(
+    conn: psycopg.Connection[Any], db_url: str
+) -> None:
+    streams = _streams(conn, 80)
+    rng = random.Random(3)
+    alphabet = ["a", "é", "漢", "😀", "\n", '"', "\\", "\x01", "\u2028"]
+    texts = {s: "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 300))) for s in streams}
+    texts[streams[0]] = "x" * 5000  # too large to travel in a notification
+    texts[streams[1]] = "\x02" * 700  # escapes to six bytes a character
+    published: list[notify.Event] = []
+    checkpointer = Checkpointer(db_url, TEST_SETTINGS, published.extend)
+    for stream in streams:
+        checkpointer.adopt(stream)
+        checkpointer.append(stream, texts[stream])
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN chatsvc")
+        checkpointer._commit(checkpointer._connection(), list(streams))
+        notices = list(listener.notifies(timeout=2))
+    checkpointer.stop()
+
+    assert all(len(n.payload.encode()) < 8000 for n in notices)
+    assert checkpointer.stats.transactions == 1 and len(notices) > 3
+    remote = [e for n in notices for e in notify.decode(n.payload)]
+    assert all(isinstance(e, notify.Delta) for e in remote)
+    by_message = {e.message_id: e for e in remote if isinstance(e, notify.Delta)}
+    assert set(by_message) == {s.message_id for s in streams}
+    for stream in streams:
+        event = by_message[stream.message_id]
+        assert (event.conversation_id, event.start, event.end) == (
+            stream.conversation_id,
+            0,
+            len(texts[stream]),
+        )
+        assert event.text in (texts[stream], None)
+        assert stream.committed == len(texts[stream]) and not stream.pending
+    assert by_message[streams[0].message_id].text is None
+    assert sum(e.text is not None for e in by_message.values()) > 70
+    local = {e.message_id: e.text for e in published if isinstance(e, notify.Delta)}
+    assert local == {s.message_id: texts[s] for s in streams}  # locally, always the text
+    rows = dict(conn.execute("SELECT message_id, content FROM message_chunks").fetchall())
+    assert rows == {s.message_id: texts[s] for s in streams}
+
+
+def test_a_fenced_stream_is_neither_written_nor_notified(
+    conn: psycopg.Connection[Any], db_url: str
+) -> None:
+    ours, theirs = _streams(conn, 2)
+    conn.execute("UPDATE messages SET epoch = 2 WHERE id = %s", (theirs.message_id,))
+    checkpointer = Checkpointer(db_url, TEST_SETTINGS, lambda events: None)
+    for stream in (ours, theirs):
+        checkpointer.adopt(stream)
+        checkpointer.append(stream, "text")
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN chatsvc")
+        checkpointer._commit(checkpointer._connection(), [ours, theirs])
+        notices = list(listener.notifies(timeout=1))
+    checkpointer.stop()
+    events = [e for n in notices for e in notify.decode(n.payload)]
+    assert [e.message_id for e in events if isinstance(e, notify.Delta)] == [ours.message_id]
+    assert theirs.lost and theirs.message_id not in checkpointer.streams
+    chunks = conn.execute("SELECT message_id FROM message_chunks").fetchall()
+    assert chunks == [(UUID(str(ours.message_id)),)]
