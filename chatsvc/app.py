@@ -9,7 +9,7 @@ from flask import Flask, Response, jsonify
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
-from chatsvc import api, health, jsonio, ws
+from chatsvc import api, health, jsonio, web, ws
 from chatsvc.config import Settings
 from chatsvc.errors import (
     ApiError,
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     register_error_handlers(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(web.bp)
     ws.init_app(app)
     app.extensions["chatsvc"].start()
     return app

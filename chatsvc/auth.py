@@ -22,24 +22,44 @@ def current_user() -> User:
 def authenticate() -> None:
     """Identify the caller by Bearer token, else by session cookie; 401 if neither."""
     header = request.headers.get("Authorization")
-    cookie = request.cookies.get(COOKIE)
-    user: User | None = None
-    with wrap_exceptions(), runtime().pool.connection() as conn:
-        if header is not None:
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
-            found = users.user_by_token(conn, token.strip())
-            if found is None:
-                raise Unauthorized("This token is not valid.")
-            user = found[0]
-        elif cookie:
-            user = users.user_by_session(conn, cookie)
-            if user is None:
-                raise Unauthorized("This session has ended; sign in with a token again.")
-    if user is None:
+    if header is not None:
+        g.user = _token_user(header)
+    elif request.cookies.get(COOKIE):
+        user = _session_user()
+        if user is None:
+            raise Unauthorized("This session has ended; sign in with a token again.")
+        g.user = user
+    else:
         raise Unauthorized()
-    g.user = user
+
+
+def _token_user(header: str) -> User:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        found = users.user_by_token(conn, token.strip())
+    if found is None:
+        raise Unauthorized("This token is not valid.")
+    return found[0]
+
+
+def _session_user() -> User | None:
+    """The user of this browser's session cookie, if it names a live session."""
+    cookie = request.cookies.get(COOKIE)
+    if not cookie:
+        return None
+    with wrap_exceptions(), runtime().pool.connection() as conn:
+        return users.user_by_session(conn, cookie)
+
+
+def page_user() -> User | None:
+    """The caller as `authenticate` finds them, or None where the API would answer 401."""
+    try:
+        authenticate()
+    except Unauthorized:
+        return None
+    return current_user()
 
 
 def create_session() -> Response:

@@ -279,8 +279,9 @@ class ConversationFollower(Follower):
                 raise InvalidRequest(
                     f"Offset {cursor.offset} is beyond the committed content of {row.id}."
                 )
-            # As with 204 on the message stream: an answer read to its end is not resent.
-            if row.is_streaming or cursor.offset < row.content_length:
+            if row.role == "assistant":
+                # An answer read to its end gets its `done` again: the cursor cannot
+                # tell whether `done` arrived, and a second one is harmless.
                 track = Track(row.id, cursor.offset, row.epoch)
                 self.tracks[row.id] = track
                 outs += self.catch_up(track)

@@ -224,17 +224,21 @@ def text_from(conn: Connection[Any], message_id: UUID, offset: int) -> TextFrom 
     return cur.execute(SELECT_TEXT_FROM, {"id": message_id, "offset": offset}).fetchone()
 
 
-REQUEST_CANCEL = f"""
+REQUEST_CANCEL = """
 UPDATE messages m SET cancel_requested_at = coalesce(m.cancel_requested_at, now())
 WHERE m.id = %s AND m.status = 'streaming'
-RETURNING {COLUMNS}
+RETURNING m.id
 """
 
 
 def request_cancel(conn: Connection[Any], message_id: UUID) -> Message | None:
     """Record the durable intent to cancel a streaming answer (a trigger notifies its owner)."""
-    cur = conn.cursor(row_factory=class_row(Message))
-    return cur.execute(REQUEST_CANCEL, (message_id,)).fetchone()
+    if conn.execute(REQUEST_CANCEL, (message_id,)).fetchone() is None:
+        return None
+    # Read the row again in a new statement: when the UPDATE waited for a
+    # checkpoint's lock it returns the new row version, but a text read inside it
+    # would still see the chunks as of its own older snapshot.
+    return get_any(conn, message_id)
 
 
 SELECT_ACTIVE_IN_CONVERSATION = f"""

@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 import gevent
-from flask import Blueprint, Flask, request
+from flask import Blueprint, Flask
 from flask_sock import Sock
 from gevent.lock import Semaphore
 from simple_websocket import ConnectionClosed
@@ -72,18 +72,8 @@ def runtime_of(app: Flask) -> Runtime:
 @sock.route("/api/ws", bp=bp)  # type: ignore[untyped-decorator]
 def websocket(ws: Any) -> None:
     """One WebSocket connection."""
-    Connection(ws, runtime(), _upgrade_user()).run()
-
-
-def _upgrade_user() -> User | None:
-    """The user the upgrade request authenticates, if it carries a cookie or Bearer header."""
-    if not request.headers.get("Authorization") and not request.cookies.get(auth.COOKIE):
-        return None
-    try:
-        auth.authenticate()
-    except ApiError:
-        return None
-    return auth.current_user()
+    # A session cookie or Bearer header on the upgrade request authenticates at once.
+    Connection(ws, runtime(), auth.page_user()).run()
 
 
 class Connection:

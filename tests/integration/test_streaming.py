@@ -286,6 +286,11 @@ def test_conversation_stream_resumes_from_last_event_id(user: ApiClient) -> None
     assert [e.event for e in events] == ["delta", "done"]
     assert events[0].json()["offset"] == 7
     assert events[0].json()["text"] == final["content"][7:]
+    with gevent.Timeout(10):  # read to its end: only `done` again
+        stream = user.sse(path, headers={"Last-Event-ID": f"{first['id']}:20"})
+        again = next(stream)
+        stream.close()
+    assert again.event == "done" and again.json()["content_length"] == 20
     bad = user.get(path, headers={"Last-Event-ID": "garbage"})
     assert bad.status_code == 400
 
@@ -303,6 +308,7 @@ def test_cancel_ends_cancelled_with_partial_content(user: ApiClient, llm_app: Ap
     )
     cancelled = user.post(f"/api/conversations/{conversation['id']}/cancel")
     assert cancelled.status_code == 202 and cancelled.json()["id"] == message_id
+    assert len(cancelled.json()["content"]) == cancelled.json()["content_length"]
     final = user.wait_terminal(message_id)
     assert final["status"] == "cancelled"
     assert 20 < final["content_length"] < 2000 and len(final["content"]) == final["content_length"]
