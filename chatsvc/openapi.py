@@ -323,6 +323,14 @@ PROJECT_EVENT = obj(
         "conversation_id": uuid(),
         "message_id": uuid("For `stream.started` and `stream.finished`."),
         "status": described(ref("MessageStatus"), "For `stream.finished`: how the answer ended."),
+        "content_length": {"type": "integer", "description": "For `stream.finished`."},
+        "user_id": uuid("For `conversation.created` and `stream.started`: who did it."),
+        "title": {"type": "string", "description": "For `conversation.created`."},
+        "created_at": {
+            "type": "string",
+            "format": "date-time",
+            "description": "For `conversation.created`.",
+        },
     },
     required=["project_id", "conversation_id"],
     description="The data of a project-room event.",
@@ -565,11 +573,16 @@ WEBSOCKET_DESCRIPTION = doc("""
 
     Server → client: `message`, `delta`, `status`, `done`, `error`, and the project events
     (`conversation.created`, `conversation.deleted`, `stream.started`, `stream.finished`),
-    with the same fields and offset rules as the Server-Sent Events. `done` also reports the
-    connection's `tokens_used` against the user's limit.
+    with the same fields and offset rules as the Server-Sent Events plus `type`. `done` also
+    reports `tokens_used` (what the answers sent on this connection used), `user_tokens_used`
+    and `token_limit`. An `error` frame has `code`, `message` and `request` (the type of the
+    frame it answers); the connection stays usable. Successful commands are not acknowledged:
+    `send` is answered by the two `message` frames and then the answer's events.
 
-    A connection authenticates with a bearer token, the session cookie, or a first `auth`
-    frame.
+    A connection authenticates with a bearer token or the session cookie on the upgrade
+    request, or with an `auth` frame; until then every other frame gets an `unauthorized`
+    error. When the server shuts down it closes the socket with code 1012: reconnect and
+    subscribe again from the last offset.
 """)
 
 

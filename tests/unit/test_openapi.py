@@ -18,9 +18,8 @@ SSE_PATHS = {
     "/api/conversations/{conversation_id}/stream",
     "/api/projects/{project_id}/events",
 }
-# Listed in SPEC.md and documented here, but served by modules other than api/health.
+# Documented here, but served by modules other than api/health (ws, web).
 DOCUMENTED_ELSEWHERE = {
-    ("/api/projects/{project_id}/events", "get"),
     ("/api/ws", "get"),
     ("/c/{conversation_id}", "get"),
 }
