@@ -12,9 +12,12 @@ message, e.g. "@fake chunks=40 size=3 delay=0.02 alphabet=mixed fail_after=10":
     fail_after  drop the connection after this many chunks
     hang_after  stop sending (but keep the connection) after this many chunks
     usage       0 to send no usage chunk
+    stamp       1 to start each chunk with "<N>", N = CLOCK_MONOTONIC in ns when it
+                is sent (system-wide, so another process can measure delivery
+                latency); the chunk is at least as long as the stamp
 
-The answer is a pure function of the directives, so when chatsvc asks it to
-continue a partial answer it continues the same text from that point.
+The answer is a pure function of the directives (except stamps), so when chatsvc
+asks it to continue a partial answer it continues the same text from that point.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -131,6 +135,7 @@ class FakeLLM:
         delay = float(directives.get("delay", 0.01))
         fail_after = int(directives.get("fail_after", -1))
         hang_after = int(directives.get("hang_after", -1))
+        stamp = directives.get("stamp") == "1"
         created = int(time.time())
 
         def event(
@@ -157,7 +162,11 @@ class FakeLLM:
                 time.sleep(3600)
             if delay:
                 time.sleep(delay)
-            yield event({"content": chunk})
+            text = chunk
+            if stamp:
+                mark = f"<{time.monotonic_ns()}>"
+                text = mark + chunk[len(mark) :]
+            yield event({"content": text})
         yield event({}, finish="stop")
         if directives.get("usage", "1") != "0":
             usage = {
@@ -182,7 +191,13 @@ def main() -> None:
     args = parser.parse_args()
     app = FakeLLM()
     app.default = parse_directives("@fake " + args.default)
-    WSGIServer(("127.0.0.1", args.port), app, log=None).serve_forever()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Each chunk leaves at once, as from a real provider (accepted sockets inherit it).
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    listener.bind(("127.0.0.1", args.port))
+    listener.listen(1024)
+    WSGIServer(listener, app, log=None).serve_forever()
 
 
 if __name__ == "__main__":

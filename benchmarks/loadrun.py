@@ -1,0 +1,239 @@
+"""Load runs: N clients asking answers back to back, measured over a steady window.
+
+Client i's chatsvc answers are generated on instance i % 2 and followed on the
+other one (or, for the same-worker figure, on the same one), so both workers
+generate and fan out, and every delta crosses processes through Postgres; client i
+of the baseline talks to baseline instance i % 2. The window starts one answer's
+length after the first client, once answers start and end at the steady rate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gevent
+
+from benchmarks import load, profile
+from benchmarks.context import (
+    NS,
+    Bench,
+    chatsvc_metrics,
+    counters,
+    create_conversations,
+    delta,
+)
+from benchmarks.meter import cpu_between, machine_busy, snapshot
+from benchmarks.services import Service
+
+
+class Window:
+    """Readings at the start and the end of a run's steady window: CPU per component, the
+    database's counters, chatsvc's /metrics; and py-spy on a worker over it, if asked."""
+
+    def __init__(self, bench: Bench, servers: list[Service], *, uses_db: bool) -> None:
+        self.bench = bench
+        self.uses_db = uses_db
+        self.trees: dict[str, list[int | None]] = {
+            "server": [s.pid for s in servers],
+            "postgres": [bench.db.postmaster_pid],
+            "llm": [bench.llm.pid],
+        }
+        self.start_ns = 0
+        self.end_ns = 0
+        self.readings: list[dict[str, Any]] = []
+        self.spy: Any = None
+
+    def run(self, start_at: float, end_at: float, profile_pid: int | None, out: Path) -> None:
+        """Take the readings at `start_at` and `end_at` (monotonic), profiling in between."""
+        time.sleep(max(start_at - time.monotonic(), 0))
+        self.start_ns = time.monotonic_ns()
+        self.readings.append(self._read())
+        if profile_pid is not None:
+            self.spy = profile.start(profile_pid, end_at - start_at, out)
+        time.sleep(max(end_at - time.monotonic(), 0))
+        self.close()
+
+    def close(self) -> None:
+        """The end reading, now, unless taken already."""
+        if len(self.readings) == 1:
+            self.end_ns = time.monotonic_ns()
+            self.readings.append(self._read())
+
+    def _read(self) -> dict[str, Any]:
+        shots = {name: [snapshot(pid) for pid in pids] for name, pids in self.trees.items()}
+        shots["loadgen"] = [snapshot(os.getpid(), tree=False)]
+        reading: dict[str, Any] = {"cpu": shots, "busy": machine_busy()}
+        reading["db"] = counters(self.bench.db)
+        if self.uses_db:
+            reading["metrics"] = chatsvc_metrics(self.bench.chatsvc)
+        return reading
+
+    def cpu(self) -> dict[str, float | None]:
+        """CPU seconds per component in the window (None: not measurable), and `other`:
+        whatever else ran on the machine meanwhile (another user's tests would show here)."""
+        before, after = self.readings
+        used: dict[str, float | None] = {}
+        for name, shots in after["cpu"].items():
+            if name == "postgres" and self.trees["postgres"] == [None]:
+                used[name] = None
+                continue
+            pairs = zip(before["cpu"][name], shots, strict=True)
+            used[name] = sum(cpu_between(b, a) for b, a in pairs)
+        ours = sum(seconds or 0.0 for seconds in used.values())
+        used["other"] = max(after["busy"] - before["busy"] - ours, 0.0)
+        return used
+
+    def db(self) -> dict[str, int]:
+        """Database counter deltas in the window."""
+        return delta(self.readings[0]["db"], self.readings[1]["db"])
+
+    def checkpoint_transactions(self) -> int | None:
+        """chatsvc's checkpoint transactions in the window (both instances)."""
+        if not self.uses_db:
+            return None
+        name = "chatsvc_checkpoint_transactions_total"
+        return int(self.readings[1]["metrics"][name] - self.readings[0]["metrics"][name])
+
+
+def load_run(
+    bench: Bench,
+    system: str,
+    streams: int,
+    window_s: float,
+    *,
+    profile_pid: int | None = None,
+    profile_name: str = "",
+    answer_s: float | None = None,
+) -> dict[str, Any]:
+    """`streams` clients asking answers back to back, on "chatsvc", "chatsvc-same" or
+    "baseline": what they saw in the steady window (after a ramp of one answer's length,
+    so that answers start and end at the steady rate), and what it cost."""
+    p = bench.params
+    answer_s = answer_s or p.answer_s
+    chunks = max(2, round(answer_s * p.rate))
+    delay = 1 / p.rate
+    per_slot = math.ceil(window_s / answer_s) + 2
+    timeout = answer_s + 60
+    samples = load.Samples()
+    if system == "baseline":
+        servers = bench.baseline
+
+        def answer(slot: int, n: int) -> Callable[[], None] | None:
+            if n >= per_slot:
+                return None
+            content = load.prompt(chunks, p.chunk_chars, delay, bench.seed("b"))
+            base = servers[slot % 2].base
+            return partial(load.baseline_answer, base, content, samples=samples, timeout=timeout)
+
+    else:
+        servers = bench.chatsvc
+        conversations = create_conversations(bench, streams * per_slot)
+        other = 1 if system == "chatsvc" else 0
+
+        def answer(slot: int, n: int) -> Callable[[], None] | None:
+            if n >= per_slot:
+                return None
+            conversation = conversations[slot * per_slot + n]
+            content = load.prompt(chunks, p.chunk_chars, delay, bench.seed("c"))
+            send, follow = servers[slot % 2].base, servers[(slot + other) % 2].base
+            job = partial(load.chatsvc_answer, send, follow, bench.token, conversation, content)
+            return partial(job, samples=samples, timeout=timeout)
+
+    window = Window(bench, servers, uses_db=system != "baseline")
+    spy_out = bench.out / f"profile-{profile_name}.txt"
+    start_at = time.monotonic() + answer_s
+    end_at = start_at + window_s
+    reader = gevent.spawn(window.run, start_at, end_at, profile_pid, spy_out)
+    load.drive(
+        answer,
+        streams,
+        ramp_s=answer_s,
+        until=end_at,
+        samples=samples,
+        timeout=2 * answer_s + window_s + 90,
+    )
+    reader.join(timeout=10)
+    window.close()
+    return {"system": system, "streams": streams, **_run_result(bench, samples, window, spy_out)}
+
+
+def _run_result(
+    bench: Bench, samples: load.Samples, window: Window, spy_out: Path
+) -> dict[str, Any]:
+    seconds = (window.end_ns - window.start_ns) / NS
+    summary = samples.summary(window.start_ns, window.end_ns)
+    received = max(summary["chunks_received_in_window"], 1)
+    used = window.cpu()
+    db = window.db()
+    result: dict[str, Any] = {
+        "window_s": round(seconds, 2),
+        **summary,
+        "worst_ms_per_second": samples.timeline(window.start_ns, window.end_ns),
+        "cpu_s": used,
+        "cpu_us_per_chunk": {
+            name: (None if value is None else round(value * 1e6 / received, 1))
+            for name, value in used.items()
+        },
+        "core_percent": {
+            name: (None if value is None else round(100 * value / seconds))
+            for name, value in used.items()
+        },
+        "db": db,
+        "write_transactions_per_s": round(db["xid"] / seconds, 1),
+        "commits_per_s": round(db["commits"] / seconds, 1),
+        "write_transactions_per_chunk": round(db["xid"] / received, 4),
+        "wal_per_content_byte": round(db["wal"] / (received * bench.params.chunk_chars), 2),
+        "checkpoint_transactions": window.checkpoint_transactions(),
+    }
+    if window.spy is not None:
+        result["profile"] = profile.finish(window.spy, spy_out)
+    return result
+
+
+def within_bound(bench: Bench, run: dict[str, Any]) -> bool:
+    """Whether a load run kept p99 under the bound, at (nearly) the asked rate, with no failure."""
+    p = bench.params
+    return (
+        run["answers_failed"] == 0
+        and run["p99_ms"] is not None
+        and run["p99_ms"] < p.p99_bound_ms
+        and (run["rate_per_stream"] or 0) >= 0.9 * p.rate
+    )
+
+
+def ladder(bench: Bench, system: str) -> dict[str, Any]:
+    """Step up the number of streams until p99 delivery leaves the bound (or the last level)."""
+    p = bench.params
+    levels = []
+    best = 0
+    for streams in p.levels:
+        run = load_run(bench, system, streams, p.level_window_s)
+        ok = within_bound(bench, run)
+        levels.append(
+            {
+                "streams": streams,
+                "p50_ms": run["p50_ms"],
+                "p99_ms": run["p99_ms"],
+                "max_ms": run["max_ms"],
+                "worst_ms_per_second": run["worst_ms_per_second"],
+                "rate_per_stream": run["rate_per_stream"],
+                "failed": run["answers_failed"],
+                "errors": run["errors"],
+                "core_percent": run["core_percent"],
+                "cpu_us_per_chunk": run["cpu_us_per_chunk"],
+                "write_transactions_per_chunk": run["write_transactions_per_chunk"],
+                "wal_per_content_byte": run["wal_per_content_byte"],
+                "ok": ok,
+            }
+        )
+        if not ok:
+            break
+        best = streams
+    top = levels[-1]["ok"] if levels else False
+    return {"max_streams": best, "capped": top, "levels": levels}

@@ -1,0 +1,285 @@
+"""`python -m benchmarks.run` (`scripts/bench`): measure what durability costs, print one table.
+
+Starts, on 127.0.0.1: a private embedded Postgres (or a scratch database on
+DATABASE_URL's server), the fake OpenAI-compatible LLM, two single-worker chatsvc
+instances and two single-worker baseline instances; runs the phases; prints the
+table and writes the results as JSON. Everything it started is stopped, and its
+temporary directory removed, however it ends (Ctrl-C, an error, its time limit).
+"""
+
+from gevent import monkey
+
+monkey.patch_all()  # before psycopg is imported, so its waits yield to other greenlets
+
+import argparse
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import gevent
+import psutil
+
+from benchmarks import context, loadrun, phases, report
+from benchmarks.services import (
+    Database,
+    Service,
+    chatsvc_cli,
+    free_port,
+    private_postgres,
+    scratch_database,
+    stop_all,
+)
+
+
+class TimeLimit(Exception):
+    """The run took longer than its time limit."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long run (for the tests)")
+    parser.add_argument("--streams", type=int, help="concurrent answers of the main load run")
+    parser.add_argument("--window", type=float, help="seconds measured in the main load runs")
+    parser.add_argument("--subscribers", type=int, help="idle SSE subscribers to hold")
+    parser.add_argument(
+        "--levels", help="comma-separated stream counts for the p99 ladder (e.g. 50,100,150)"
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the workers under load")
+    parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench-out"), help="where profiles are written"
+    )
+    return parser.parse_args(argv)
+
+
+def params_from(args: argparse.Namespace) -> context.Params:
+    """The run's parameters: the full or smoke set, with the command line's changes."""
+    params = context.SMOKE if args.smoke else context.Params()
+    changes: dict[str, Any] = {"profile": args.profile}
+    if args.streams:
+        changes["streams"] = args.streams
+    if args.window:
+        changes["window_s"] = args.window
+    if args.subscribers:
+        changes["subscribers"] = args.subscribers
+    if args.levels:
+        changes["levels"] = tuple(int(x) for x in args.levels.split(","))
+    return replace(params, **changes)
+
+
+def raise_fd_limit() -> None:
+    """Thousands of sockets: lift the soft limit to the hard one (the services inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def environment(llm_port: int, params: context.Params) -> dict[str, str]:
+    """What chatsvc and the baseline run with (chatsvc also gets DATABASE_URL)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSVC_")}
+    env.pop("DATABASE_URL", None)
+    env.update(
+        {
+            "CHATSVC_MODEL": "openai/fake",
+            "CHATSVC_LLM_API_BASE": f"http://127.0.0.1:{llm_port}/v1",
+            "CHATSVC_LLM_API_KEY": "sk-bench",
+            "CHATSVC_CHECKPOINT_MS": str(params.checkpoint_ms),
+            "CHATSVC_LEASE_S": f"{params.lease_s:g}",
+            "CHATSVC_HEARTBEAT_S": f"{params.heartbeat_s:g}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@dataclass
+class Started:
+    """Everything running, and how to restart a chatsvc instance killed on purpose."""
+
+    db: Database
+    token: str
+    llm: Service
+    chatsvc: list[Service]
+    baseline: list[Service]
+    restart: Callable[[int], Service]
+
+
+def start_everything(
+    stack: contextlib.ExitStack, tmp: Path, params: context.Params, logs: Path
+) -> Started:
+    """The fake LLM and the baseline start first (they need no database) while Postgres starts
+    and is migrated; then chatsvc A and B. Each is stopped when the stack unwinds."""
+    python = sys.executable
+    llm_port = free_port()
+    env = environment(llm_port, params)
+
+    def service(name: str, argv: list[str], ready: str, port: int, **extra: str) -> Service:
+        return Service(name, argv, env={**env, **extra}, logs=logs, port=port, ready_path=ready)
+
+    fleet: list[Service] = []
+    stack.callback(stop_all, fleet)  # if Postgres does not start
+
+    def launch(started: Service) -> Service:
+        fleet.append(started)
+        return started.start()
+
+    llm_argv = [python, "-m", "chatsvc.fakellm", "--port", str(llm_port)]
+    llm = launch(service("fakellm", llm_argv, "/", llm_port))
+    baselines = []
+    for slot in range(2):
+        port = free_port()
+        argv = [python, "-m", "benchmarks.baseline", "--port", str(port), "--workers", "1"]
+        baselines.append(launch(service(f"baseline-{slot + 1}", argv, "/healthz", port)))
+    server_url = os.environ.get("DATABASE_URL")
+    db = scratch_database(server_url) if server_url else private_postgres(tmp / "pg")
+    stack.callback(db.close)
+    stack.callback(stop_all, fleet)  # before Postgres stops: the stack unwinds backwards
+    chatsvc_cli({**env, "DATABASE_URL": db.url}, "db", "upgrade")
+    output = chatsvc_cli({**env, "DATABASE_URL": db.url}, "users", "create", "bench")
+    token = output.strip().splitlines()[-1]
+
+    def chatsvc(slot: int, port: int) -> Service:
+        argv = [python, "-m", "chatsvc", "serve", "--port", str(port), "--workers", "1"]
+        name = f"chatsvc-{'AB'[slot]}"
+        return launch(service(name, argv, "/readyz", port, DATABASE_URL=db.url))
+
+    instances = [chatsvc(0, free_port()), chatsvc(1, free_port())]
+    for started in [llm, *baselines, *instances]:
+        started.wait_ready()
+
+    def restart(slot: int) -> Service:
+        instances[slot] = chatsvc(slot, instances[slot].port)
+        return instances[slot].wait_ready()
+
+    return Started(db, token, llm, instances, baselines, restart)
+
+
+def say(message: str) -> None:
+    """Progress, on stderr (stdout is for the table)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def measure(bench: context.Bench) -> dict[str, Any]:
+    """Every phase, in an order that keeps them from disturbing each other."""
+    p = bench.params
+    results: dict[str, Any] = {}
+    say("WAL: one answer at a time, next to the naive rewrite")
+    results["wal"] = phases.wal(bench)
+    say("warming up")
+    for system in ("chatsvc", "baseline"):
+        warm = loadrun.load_run(bench, system, min(10, p.streams), 1.0, answer_s=1.0)
+        if warm["answers_failed"]:
+            say(f"warm-up of {system}: {warm['answers_failed']} failed: {warm['errors']}")
+    load: dict[str, Any] = {}
+    for system, where in (
+        ("baseline", ""),
+        ("chatsvc", ", followed on the other instance"),
+        ("chatsvc-same", ", followed on the same instance"),
+    ):
+        say(f"{system}: {p.streams} streams{where}")
+        load[system.replace("-", "_")] = loadrun.load_run(bench, system, p.streams, p.window_s)
+    results["load"] = load
+    results["ladder"] = {}
+    for system in ("chatsvc", "baseline"):
+        say(f"{system}: the most streams within p99 < {p.p99_bound_ms:g} ms")
+        results["ladder"][system] = loadrun.ladder(bench, system)
+    if p.profile:
+        level = report.common_level(results["ladder"])
+        streams = level[0]["streams"] if level else min(p.levels)
+        say(f"profiling a chatsvc worker and a baseline worker at {streams} streams")
+        results["profile"] = profile_phase(bench, streams)
+    say(f"idle subscribers: {p.subscribers}")
+    results["subscribers"] = phases.subscribers(bench)
+    say("takeover: SIGKILL the owner")
+    results["takeover"] = phases.takeover(bench)
+    return results
+
+
+def profile_phase(bench: context.Bench, streams: int) -> dict[str, Any]:
+    """A load run for each system with py-spy on one worker, at a load both sustain (under
+    overload both are busy in litellm alone, which hides what chatsvc adds)."""
+    p = bench.params
+    summaries = {}
+    for system, servers in (("chatsvc", bench.chatsvc), ("baseline", bench.baseline)):
+        worker = servers[0].workers()[0]
+        run = loadrun.load_run(
+            bench, system, streams, p.window_s, profile_pid=worker, profile_name=system
+        )
+        summaries[system] = {
+            "streams": streams,
+            **run["profile"],
+            "cpu_us_per_chunk": run["cpu_us_per_chunk"],
+            "core_percent": run["core_percent"],
+        }
+    return summaries
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when the table was produced."""
+    args = parse_args(argv)
+    params = params_from(args)
+    raise_fd_limit()
+    main_greenlet = gevent.getcurrent()
+    gevent.signal_handler(signal.SIGTERM, lambda: main_greenlet.throw(SystemExit(143)))
+    started = time.monotonic()
+    busy_before = psutil.cpu_percent(interval=1.0)  # before we start anything: all of it others'
+    if busy_before > 20:
+        say(f"the machine is already {busy_before:.0f}% busy: expect noisy numbers")
+    tmp = Path(tempfile.mkdtemp(prefix="chatsvc-bench-"))
+    logs = tmp / "logs"
+    logs.mkdir()
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.ExitStack() as stack, gevent.Timeout(params.max_seconds, TimeLimit):
+            stack.callback(shutil.rmtree, tmp, True)
+            stack.callback(shutil.copytree, logs, args.out / "logs", dirs_exist_ok=True)
+            say(f"starting Postgres, the fake LLM, chatsvc and the baseline ({tmp})")
+            up = start_everything(stack, tmp, params, logs)
+            db = up.db
+            bench = context.Bench(
+                params, db, up.llm, up.chatsvc, up.baseline, up.token, args.out, up.restart
+            )
+            if not db.private:
+                bench.notes.append(
+                    "DATABASE_URL: WAL is the whole server's, and so is Postgres CPU (if visible)"
+                )
+            try:
+                results: dict[str, Any] = {
+                    "smoke": args.smoke,
+                    "machine": report.machine(db.version, db.private, busy_before),
+                    "params": asdict(params),
+                    **measure(bench),
+                    "notes": bench.notes,
+                }
+            except BaseException:
+                for service in [up.llm, *bench.chatsvc, *up.baseline]:
+                    say(f"--- end of {service.name}'s log ---\n{service.tail(15)}")
+                raise
+            results["elapsed_s"] = time.monotonic() - started
+            results["rows"] = report.rows(results)
+            print(report.render(results), flush=True)
+            report.write_json(results, args.json)
+            say(f"results written to {args.json}; stopping everything")
+    except KeyboardInterrupt:
+        say("interrupted; everything it started is stopped")
+        return 130
+    except (TimeLimit, Exception):
+        traceback.print_exc()
+        say("benchmark failed; everything it started is stopped")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
