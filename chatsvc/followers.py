@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import gevent.event
 from psycopg_pool import ConnectionPool
 
 from chatsvc import messages as message_rows
@@ -64,13 +65,61 @@ def done_data(
     return data
 
 
+class RecentRows:
+    """Message rows read to announce them, shared for a moment by a process's followers.
+
+    When an answer starts, every follower of its conversation in the process must
+    announce it; one read serves them all. A row read after the event that made a
+    follower want it is as good as its own read: the follower was subscribed when
+    that event was published, so every later delta reaches it, and any it missed
+    before subscribing is a gap it fills from the database anyway.
+    """
+
+    def __init__(self, pool: ConnectionPool, ttl_s: float = 2.0) -> None:
+        self.pool = pool
+        self.ttl_s = ttl_s
+        self._rows: dict[UUID, tuple[float, gevent.event.AsyncResult]] = {}
+
+    def get(self, message_id: UUID) -> Message | None:
+        """The message, read at most once per `ttl_s` however many followers ask."""
+        now = time.monotonic()
+        hit = self._rows.get(message_id)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            row: Message | None = hit[1].get()
+            return row
+        if len(self._rows) > 1000:
+            self._rows = {k: v for k, v in self._rows.items() if now - v[0] < self.ttl_s}
+        result = gevent.event.AsyncResult()
+        self._rows[message_id] = (now, result)
+        try:
+            with wrap_exceptions(), self.pool.connection() as conn:
+                row = message_rows.get_any(conn, message_id)
+        except BaseException as exc:
+            del self._rows[message_id]
+            result.set_exception(exc)
+            raise
+        result.set(row)
+        return row
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What followers read from: the pool, the hub, shared rows; and the heartbeat."""
+
+    pool: ConnectionPool
+    hub: notify.Hub
+    heartbeat_s: float
+    rows: RecentRows
+
+
 class Follower:
     """Shared machinery: tracks, catch-up reads, and turning hub events into client events."""
 
-    def __init__(self, pool: ConnectionPool, hub: notify.Hub, heartbeat_s: float) -> None:
-        self.pool = pool
-        self.hub = hub
-        self.heartbeat_s = heartbeat_s
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+        self.pool = sources.pool
+        self.hub = sources.hub
+        self.heartbeat_s = sources.heartbeat_s
         self.tracks: dict[UUID, Track] = {}
         self.finished = False
         self.sub: notify.Subscriber | None = None
@@ -246,8 +295,8 @@ class Cursor:
 class ConversationFollower(Follower):
     """GET /api/conversations/{id}/stream: every message, then every answer as it grows."""
 
-    def __init__(self, pool: ConnectionPool, hub: notify.Hub, heartbeat_s: float) -> None:
-        super().__init__(pool, hub, heartbeat_s)
+    def __init__(self, sources: Sources) -> None:
+        super().__init__(sources)
         self.conversation_id: UUID | None = None
         self.announced: set[UUID] = set()
 
@@ -299,8 +348,7 @@ class ConversationFollower(Follower):
         return [Out("message", row.to_json(), self.event_id(row.id, row.content_length))]
 
     def _fetch_and_announce(self, message_id: UUID) -> list[Out]:
-        with wrap_exceptions(), self.pool.connection() as conn:
-            row = message_rows.get_any(conn, message_id)
+        row = self.sources.rows.get(message_id)
         if row is None or row.conversation_id != self.conversation_id:
             return []
         return self.announce(row)
@@ -325,8 +373,8 @@ ROOM_EVENTS = ("conversation.created", "conversation.deleted", "stream.started",
 class ProjectFollower(Follower):
     """A project room: the SPEC's four events, for as long as the user stays a member."""
 
-    def __init__(self, pool: ConnectionPool, hub: notify.Hub, heartbeat_s: float) -> None:
-        super().__init__(pool, hub, heartbeat_s)
+    def __init__(self, sources: Sources) -> None:
+        super().__init__(sources)
         self.user_id = ""
 
     def event_id(self, message_id: UUID, offset: int) -> str:

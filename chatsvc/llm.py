@@ -22,17 +22,13 @@ from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk
 
 from chatsvc.config import OFFLINE_MODEL, Settings
+from chatsvc.prompts import CONTINUE_INSTRUCTION
 
 # litellm's per-chunk logging runs in a thread pool that breaks under gevent.
 litellm.disable_streaming_logging = True
 litellm.suppress_debug_info = True
 litellm.telemetry = False
 logging.getLogger("LiteLLM").setLevel(logging.WARNING)
-
-CONTINUE_INSTRUCTION = (
-    "Your previous answer was cut off. Continue it exactly where it stopped: do not "
-    "repeat anything already written and do not comment on the interruption."
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,15 +38,6 @@ class Piece:
     text: str
     usage: dict[str, int] | None = None
     estimated: bool = False
-
-
-def prompt_for(history: list[tuple[str, str]], partial: str | None) -> list[dict[str, str]]:
-    """The chat messages for an answer; with `partial`, ask the model to continue it."""
-    messages = [{"role": role, "content": text} for role, text in history if text]
-    if partial:
-        messages.append({"role": "assistant", "content": partial})
-        messages.append({"role": "user", "content": CONTINUE_INSTRUCTION})
-    return messages
 
 
 def stream(settings: Settings, model: str, messages: list[dict[str, str]]) -> Iterator[Piece]:

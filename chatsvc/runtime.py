@@ -12,6 +12,7 @@ from flask import current_app
 
 from chatsvc import db, notify
 from chatsvc.config import Settings
+from chatsvc.followers import RecentRows, Sources
 from chatsvc.leases import OWNER_LOCK_CLASS, Reaper, owner_lock_key
 from chatsvc.streaming import Checkpointer, Generator
 
@@ -54,6 +55,7 @@ class Runtime:
             self.owner,
             listening_since=lambda: self.listener.connected_at,
         )
+        self.sources = Sources(self.pool, self.hub, settings.heartbeat_s, RecentRows(self.pool))
         self.hub.on_event(self._on_event)
         self.started = False
         self.stopped = False

@@ -66,7 +66,7 @@ def requested_offset() -> int:
 def message_stream(rt: Runtime, message_id: UUID) -> Response:
     """GET /api/messages/{id}/stream (the caller checked the message is visible)."""
     offset = requested_offset()
-    follower = MessageFollower(rt.pool, rt.hub, rt.settings.heartbeat_s)
+    follower = MessageFollower(rt.sources)
     state, first = follower.open(message_id, offset)
     if state.is_terminal and offset == state.content_length:
         follower.close()
@@ -80,12 +80,12 @@ def conversation_stream(rt: Runtime, conversation_id: UUID) -> Response:
     cursor = Cursor.parse(raw.strip()) if raw and raw.strip() else None
     if cursor is None and request.args.get("offset") is not None:
         raise InvalidRequest("A conversation stream resumes from Last-Event-ID, not ?offset=.")
-    follower = ConversationFollower(rt.pool, rt.hub, rt.settings.heartbeat_s)
+    follower = ConversationFollower(rt.sources)
     first = follower.open(conversation_id, cursor)
     return _respond(follower, first)
 
 
 def project_stream(rt: Runtime, project_id: UUID, user_id: UUID) -> Response:
     """GET /api/projects/{id}/events (the caller checked membership)."""
-    follower = ProjectFollower(rt.pool, rt.hub, rt.settings.heartbeat_s)
+    follower = ProjectFollower(rt.sources)
     return _respond(follower, follower.open(project_id, user_id))

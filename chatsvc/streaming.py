@@ -28,7 +28,7 @@ import gevent.event
 import psycopg
 from psycopg import Connection
 
-from chatsvc import db, llm, notify
+from chatsvc import db, llm, notify, prompts
 from chatsvc import messages as message_rows
 from chatsvc.background import Background
 from chatsvc.config import Settings
@@ -538,7 +538,7 @@ class Generator:
                 partial = row.content[: stream.committed] if resumed else None
                 break
             history.append((row.role, row.content))
-        return llm.prompt_for(history, partial)
+        return prompts.prompt_for(history, partial)
 
     def _run(self, stream: Stream, resumed: bool) -> None:
         usage: llm.Piece | None = None

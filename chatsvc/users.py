@@ -159,17 +159,11 @@ def delete_session(conn: Connection[Any], secret: str) -> None:
     conn.execute(DELETE_SESSION, (hash_secret(secret),))
 
 
-SELECT_USAGE = """
-SELECT coalesce(sum(c.prompt_tokens), 0)::bigint, coalesce(sum(c.completion_tokens), 0)::bigint,
-       u.token_limit
-FROM users u LEFT JOIN llm_calls c ON c.user_id = u.id
-WHERE u.id = %s
-GROUP BY u.id
-"""
+SELECT_USAGE = "SELECT prompt_tokens, completion_tokens, token_limit FROM users WHERE id = %s"
 
 
 def usage(conn: Connection[Any], user_id: UUID) -> Usage:
-    """Tokens used by a user across all LLM calls made for them."""
+    """Tokens used by a user across all LLM calls made for them (the trigger-kept totals)."""
     row = conn.execute(SELECT_USAGE, (user_id,)).fetchone()
     if row is None:
         return Usage(0, 0, None)

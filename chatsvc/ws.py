@@ -217,7 +217,7 @@ class Connection:
         with wrap_exceptions(), self.rt.pool.connection() as conn:
             if projects.get_project(conn, user.id, body["project_id"]) is None:
                 raise NotFound("No such project.")
-        follower = ProjectFollower(self.rt.pool, self.rt.hub, self.rt.settings.heartbeat_s)
+        follower = ProjectFollower(self.rt.sources)
         self._start(
             ("project", body["project_id"]), follower, follower.open(body["project_id"], user.id)
         )
@@ -229,13 +229,13 @@ class Connection:
         return self.user
 
     def _follow_conversation(self, conversation_id: UUID, cursor: Cursor | None = None) -> None:
-        follower = ConversationFollower(self.rt.pool, self.rt.hub, self.rt.settings.heartbeat_s)
+        follower = ConversationFollower(self.rt.sources)
         self._start(
             ("conversation", conversation_id), follower, follower.open(conversation_id, cursor)
         )
 
     def _follow_message(self, message_id: UUID, offset: int) -> None:
-        follower = MessageFollower(self.rt.pool, self.rt.hub, self.rt.settings.heartbeat_s)
+        follower = MessageFollower(self.rt.sources)
         _, first = follower.open(message_id, offset)
         self._start(("message", message_id), follower, first)
 

@@ -5,6 +5,10 @@ CREATE TABLE users (
     name        text NOT NULL UNIQUE CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$'),
     is_admin    boolean NOT NULL DEFAULT false,
     token_limit bigint CHECK (token_limit >= 0),
+    -- Running totals of llm_calls (kept by a trigger), so a send checks the limit
+    -- in one row read however many calls the user has made.
+    prompt_tokens     bigint NOT NULL DEFAULT 0,
+    completion_tokens bigint NOT NULL DEFAULT 0,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 
@@ -136,6 +140,20 @@ CREATE TABLE llm_calls (
 );
 CREATE INDEX llm_calls_user ON llm_calls (user_id);
 CREATE INDEX llm_calls_message ON llm_calls (message_id);
+
+CREATE FUNCTION chatsvc_count_tokens() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE users SET prompt_tokens = prompt_tokens + NEW.prompt_tokens,
+                     completion_tokens = completion_tokens + NEW.completion_tokens
+    WHERE id = NEW.user_id;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER llm_calls_count_tokens
+    AFTER INSERT ON llm_calls
+    FOR EACH ROW EXECUTE FUNCTION chatsvc_count_tokens();
 
 -- The text of a message as committed so far, whatever its status.
 CREATE FUNCTION message_text(m messages) RETURNS text
