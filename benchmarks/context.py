@@ -1,7 +1,8 @@
 """What every measurement works with: the parameters, the running services, the counters.
 
-chatsvc runs as two single-worker instances, A and B, sharing the database; the
-baseline as two single-worker instances too.
+chatsvc runs as two single-worker instances, A and B, sharing the database, plus C,
+which holds each answer's checkpoints a checkpoint interval apart
+(`CHATSVC_CHECKPOINT_MIN_MS`); the baseline as two single-worker instances too.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Bench:
     token: str
     out: Path  # profiles and other files worth keeping
     restart: Callable[[int], Service]  # a fresh chatsvc instance in slot i (after a kill)
+    batched: Service  # C: chatsvc with CHATSVC_CHECKPOINT_MIN_MS = the checkpoint interval
     notes: list[str] = field(default_factory=list)
     _seed: int = 0
 

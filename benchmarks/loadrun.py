@@ -111,9 +111,10 @@ def load_run(
     profile_name: str = "",
     answer_s: float | None = None,
 ) -> dict[str, Any]:
-    """`streams` clients asking answers back to back, on "chatsvc", "chatsvc-same" or
-    "baseline": what they saw in the steady window (after a ramp of one answer's length,
-    so that answers start and end at the steady rate), and what it cost."""
+    """`streams` clients asking answers back to back, on "chatsvc", "chatsvc-same",
+    "chatsvc-batched" (sent to C, followed on B) or "baseline": what they saw in the steady
+    window (after a ramp of one answer's length, so that answers start and end at the steady
+    rate), and what it cost."""
     p = bench.params
     answer_s = answer_s or p.answer_s
     chunks = max(2, round(answer_s * p.rate))
@@ -133,15 +134,18 @@ def load_run(
 
     else:
         servers = bench.chatsvc
+        if system == "chatsvc-batched":
+            servers = [bench.batched, bench.chatsvc[1]]
         conversations = create_conversations(bench, streams * per_slot)
-        other = 1 if system == "chatsvc" else 0
+        other = 0 if system == "chatsvc-same" else 1
 
         def answer(slot: int, n: int) -> Callable[[], None] | None:
             if n >= per_slot:
                 return None
             conversation = conversations[slot * per_slot + n]
             content = load.prompt(chunks, p.chunk_chars, delay, bench.seed("c"))
-            send, follow = servers[slot % 2].base, servers[(slot + other) % 2].base
+            sender = 0 if system == "chatsvc-batched" else slot % 2
+            send, follow = servers[sender].base, servers[(sender + other) % 2].base
             job = partial(load.chatsvc_answer, send, follow, bench.token, conversation, content)
             return partial(job, samples=samples, timeout=timeout)
 

@@ -113,6 +113,7 @@ class Started:
     chatsvc: list[Service]
     baseline: list[Service]
     restart: Callable[[int], Service]
+    batched: Service
 
 
 def start_everything(
@@ -149,20 +150,22 @@ def start_everything(
     output = chatsvc_cli({**env, "DATABASE_URL": db.url}, "users", "create", "bench")
     token = output.strip().splitlines()[-1]
 
-    def chatsvc(slot: int, port: int) -> Service:
+    def chatsvc(slot: int, port: int, **extra: str) -> Service:
         argv = [python, "-m", "chatsvc", "serve", "--port", str(port), "--workers", "1"]
-        name = f"chatsvc-{'AB'[slot]}"
-        return launch(service(name, argv, "/readyz", port, DATABASE_URL=db.url))
+        name = f"chatsvc-{'ABC'[slot]}"
+        return launch(service(name, argv, "/readyz", port, DATABASE_URL=db.url, **extra))
 
     instances = [chatsvc(0, free_port()), chatsvc(1, free_port())]
-    for started in [llm, *baselines, *instances]:
+    # C holds each answer's checkpoints at least one checkpoint interval apart
+    batched = chatsvc(2, free_port(), CHATSVC_CHECKPOINT_MIN_MS=str(params.checkpoint_ms))
+    for started in [llm, *baselines, *instances, batched]:
         started.wait_ready()
 
     def restart(slot: int) -> Service:
         instances[slot] = chatsvc(slot, instances[slot].port)
         return instances[slot].wait_ready()
 
-    return Started(db, token, llm, instances, baselines, restart)
+    return Started(db, token, llm, instances, baselines, restart, batched)
 
 
 def say(message: str) -> None:
@@ -176,6 +179,10 @@ def measure(bench: context.Bench) -> dict[str, Any]:
     results: dict[str, Any] = {}
     say("WAL: one answer at a time, next to the naive rewrite")
     results["wal"] = phases.wal(bench)
+    streams = min(p.levels)
+    say(f"chatsvc-batched: {streams} streams, checkpoints {p.checkpoint_ms} ms apart")
+    batched = loadrun.load_run(bench, "chatsvc-batched", streams, p.level_window_s)
+    bench.batched.stop()  # so that it listens to no one else's notifications
     say("warming up")
     for system in ("chatsvc", "baseline"):
         warm = loadrun.load_run(bench, system, min(10, p.streams), 1.0, answer_s=1.0)
@@ -189,7 +196,7 @@ def measure(bench: context.Bench) -> dict[str, Any]:
     ):
         say(f"{system}: {p.streams} streams{where}")
         load[system.replace("-", "_")] = loadrun.load_run(bench, system, p.streams, p.window_s)
-    results["load"] = load
+    results["load"] = {**load, "chatsvc_batched": batched}
     results["ladder"] = {}
     for system in ("chatsvc", "baseline"):
         say(f"{system}: the most streams within p99 < {p.p99_bound_ms:g} ms")
@@ -248,7 +255,15 @@ def main(argv: list[str] | None = None) -> int:
             up = start_everything(stack, tmp, params, logs)
             db = up.db
             bench = context.Bench(
-                params, db, up.llm, up.chatsvc, up.baseline, up.token, args.out, up.restart
+                params,
+                db,
+                up.llm,
+                up.chatsvc,
+                up.baseline,
+                up.token,
+                args.out,
+                up.restart,
+                up.batched,
             )
             if not db.private:
                 bench.notes.append(
@@ -263,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                     "notes": bench.notes,
                 }
             except BaseException:
-                for service in [up.llm, *bench.chatsvc, *up.baseline]:
+                for service in [up.llm, *bench.chatsvc, up.batched, *up.baseline]:
                     say(f"--- end of {service.name}'s log ---\n{service.tail(15)}")
                 raise
             results["elapsed_s"] = time.monotonic() - started

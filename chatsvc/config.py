@@ -26,6 +26,7 @@ class Settings:
     llm_api_base: str | None = None
     llm_api_key: str | None = None
     checkpoint_ms: int = 100
+    checkpoint_min_ms: int = 0
     lease_s: float = 10.0
     orphan_policy: str = "resume"
     max_resumes: int = 3
@@ -54,6 +55,8 @@ class Settings:
         """Return self, or raise ConfigError naming the first impossible value."""
         if self.checkpoint_ms < 1:
             raise ConfigError("CHATSVC_CHECKPOINT_MS must be at least 1")
+        if self.checkpoint_min_ms > self.checkpoint_ms:
+            raise ConfigError("CHATSVC_CHECKPOINT_MIN_MS must not exceed CHATSVC_CHECKPOINT_MS")
         if self.lease_s * 1000 < 3 * self.checkpoint_ms:
             raise ConfigError("CHATSVC_LEASE_S must be at least three checkpoint intervals")
         if self.orphan_policy not in ORPHAN_POLICIES:
@@ -99,6 +102,7 @@ _VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("CHATSVC_LLM_API_BASE", "llm_api_base", str),
     ("CHATSVC_LLM_API_KEY", "llm_api_key", str),
     ("CHATSVC_CHECKPOINT_MS", "checkpoint_ms", _positive_int),
+    ("CHATSVC_CHECKPOINT_MIN_MS", "checkpoint_min_ms", _positive_int),
     ("CHATSVC_LEASE_S", "lease_s", _positive_float),
     ("CHATSVC_ORPHAN_POLICY", "orphan_policy", str),
     ("CHATSVC_MAX_RESUMES", "max_resumes", _positive_int),

@@ -4,9 +4,12 @@ Each answer this process owns is a `Stream`, fed by a greenlet that reads the LL
 One `Checkpointer` greenlet per process commits the new text of every stream it
 owns: as soon as there is any and no commit is in flight (so an idle database
 gets each chunk at once), and otherwise in one transaction for everything that
-arrived meanwhile (group commit). A transaction appends the new text of each
-stream as one chunk row, renews its lease, and sends one NOTIFY for all of them;
-the text becomes visible only after that commit.
+arrived meanwhile (group commit). `CHATSVC_CHECKPOINT_MIN_MS`, when set, holds
+back a stream's next checkpoint until that long after its last one: fewer,
+larger chunk rows and less WAL, for that much more latency. A transaction
+appends the new text of each stream as one chunk row, renews its lease, and
+sends one NOTIFY for all of them; the text becomes visible only after that
+commit.
 
 Every write is conditional on the stream's epoch and committed length, so a
 process that lost its lease cannot write another byte: its statements match no
@@ -65,6 +68,7 @@ class Stream:
     committed: int
     pending: list[str] = field(default_factory=list)
     renewed_at: float = field(default_factory=time.monotonic)
+    checkpointed_at: float = 0.0  # when the last commit that wrote its text started
     ending: Ending | None = None
     ended: gevent.event.AsyncResult = field(default_factory=gevent.event.AsyncResult)
     lost: bool = False
@@ -210,6 +214,8 @@ class Checkpointer(Background):
         self.stats = Stats()
         self.backend_pids: set[int] = set()
         self.renew_every = settings.lease_s / 3
+        self.min_interval = settings.checkpoint_min_ms / 1000
+        self._idle_wait = self.renew_every
         self._conn: Connection[Any] | None = None
         self._uncertain: list[Stream] = []
 
@@ -264,7 +270,7 @@ class Checkpointer(Background):
     def _run(self) -> None:
         backoff = 0.05
         while not (self._stopped and not self.streams):
-            self._wake.wait(timeout=self.renew_every)
+            self._wake.wait(timeout=self._idle_wait)
             self._wake.clear()
             try:
                 conn = self._connection()
@@ -302,15 +308,23 @@ class Checkpointer(Background):
         self._conn = None
 
     def _due(self) -> list[Stream]:
+        """The streams the next commit must include; sets how long to sleep if none is."""
         now = time.monotonic()
-        return [
-            s
-            for s in self.streams.values()
-            if s.pending
-            or s.ending is not None
-            or s.releasing
-            or now - s.renewed_at >= self.renew_every
-        ]
+        due = []
+        wait = self.renew_every
+        for s in self.streams.values():
+            if s.ending is not None or s.releasing or now - s.renewed_at >= self.renew_every:
+                due.append(s)
+            elif s.pending:
+                ready = s.checkpointed_at + self.min_interval - now
+                if ready <= 0:
+                    due.append(s)
+                else:
+                    wait = min(wait, ready)
+            else:
+                wait = min(wait, s.renewed_at + self.renew_every - now)
+        self._idle_wait = max(wait, 0.001)
+        return due
 
     def _commit(self, conn: Connection[Any], batch: list[Stream]) -> None:
         started = time.monotonic()
@@ -340,6 +354,8 @@ class Checkpointer(Background):
                 del stream.pending[: counts[stream]]
                 stream.committed += len(texts[stream])
                 stream.renewed_at = started
+                if texts[stream]:
+                    stream.checkpointed_at = started
                 self.stats.checkpoints += 1 if texts[stream] else 0
                 self.stats.chars += len(texts[stream])
             else:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 from uuid import UUID
 
+import gevent.queue
 import psycopg
 
 from chatsvc import notify
@@ -92,3 +94,37 @@ def test_a_fenced_stream_is_neither_written_nor_notified(
     assert theirs.lost and theirs.message_id not in checkpointer.streams
     chunks = conn.execute("SELECT message_id FROM message_chunks").fetchall()
     assert chunks == [(UUID(str(ours.message_id)),)]
+
+
+def test_a_minimum_interval_holds_text_back_and_commits_it_as_one_chunk(
+    conn: psycopg.Connection[Any], db_url: str
+) -> None:
+    (stream,) = _streams(conn, 1)
+    settings = TEST_SETTINGS.with_(checkpoint_ms=500, checkpoint_min_ms=500)
+    deltas: gevent.queue.Queue[tuple[float, notify.Delta]] = gevent.queue.Queue()
+
+    def publish(events: list[notify.Event]) -> None:
+        for event in events:
+            if isinstance(event, notify.Delta):
+                deltas.put((time.monotonic(), event))
+
+    checkpointer = Checkpointer(db_url, settings, publish)
+    checkpointer.adopt(stream)
+    checkpointer.start()
+    try:
+        asked = time.monotonic()
+        checkpointer.append(stream, "a")
+        first_at, first = deltas.get(timeout=5)
+        checkpointer.append(stream, "b")
+        checkpointer.append(stream, "c")
+        second_at, second = deltas.get(timeout=5)
+    finally:
+        checkpointer.stop()
+
+    assert first.text == "a" and first_at - asked < 0.5  # the first text goes at once
+    assert (second.start, second.text) == (1, "bc")  # the rest waited, and went together
+    assert second_at - asked >= 0.5
+    rows = conn.execute(
+        "SELECT start_offset, content FROM message_chunks ORDER BY start_offset"
+    ).fetchall()
+    assert rows == [(0, "a"), (1, "bc")]
