@@ -1,0 +1,47 @@
+"""Settings from the environment: defaults, parsing, and values chatsvc refuses."""
+
+from __future__ import annotations
+
+import pytest
+
+from chatsvc.config import ConfigError, Settings
+
+
+def test_an_empty_environment_gives_the_documented_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url is None
+    assert (settings.checkpoint_ms, settings.checkpoint_min_ms) == (100, 0)
+    assert (settings.lease_s, settings.orphan_policy, settings.max_resumes) == (10.0, "resume", 3)
+    assert (settings.heartbeat_s, settings.max_message_chars) == (15.0, 32_000)
+
+
+def test_values_are_parsed_and_empty_ones_ignored() -> None:
+    settings = Settings.from_env(
+        {
+            "CHATSVC_CHECKPOINT_MS": "250",
+            "CHATSVC_CHECKPOINT_MIN_MS": "50",
+            "CHATSVC_LEASE_S": "2.5",
+            "CHATSVC_ORPHAN_POLICY": "interrupt",
+            "CHATSVC_HEARTBEAT_S": "",
+        }
+    )
+    assert (settings.checkpoint_ms, settings.checkpoint_min_ms) == (250, 50)
+    assert (settings.lease_s, settings.orphan_policy) == (2.5, "interrupt")
+    assert settings.heartbeat_s == 15.0
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"CHATSVC_CHECKPOINT_MS": "soon"}, "CHATSVC_CHECKPOINT_MS='soon'"),
+        ({"CHATSVC_CHECKPOINT_MIN_MS": "-1"}, "CHATSVC_CHECKPOINT_MIN_MS='-1'"),
+        ({"CHATSVC_CHECKPOINT_MIN_MS": "101"}, "CHATSVC_CHECKPOINT_MIN_MS must not exceed"),
+        ({"CHATSVC_CHECKPOINT_MS": "0"}, "CHATSVC_CHECKPOINT_MS must be at least 1"),
+        ({"CHATSVC_LEASE_S": "0.2"}, "CHATSVC_LEASE_S must be at least three"),
+        ({"CHATSVC_ORPHAN_POLICY": "retry"}, "CHATSVC_ORPHAN_POLICY must be one of"),
+    ],
+)
+def test_an_impossible_value_is_refused_by_name(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace("(", r"\(")) as raised:
+        Settings.from_env(env)
+    assert named in str(raised.value)
