@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,9 @@ from tests.conftest import clone_database, database_url, drop_database
 from tests.support import ApiClient, FakeLLMServer, make_user
 
 _names = itertools.count()
+
+# Server logs of the last run, kept for reading after a failure (cleared per session).
+LOGS = Path(__file__).resolve().parents[2] / "test-artifacts" / "logs"
 
 
 def free_port() -> int:
@@ -48,7 +52,10 @@ class Instance:
         self.extra_env = env or {}
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log = Path(tempfile.mkstemp(prefix=f"chatsvc-{self.port}-", suffix=".log")[1])
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log = Path(
+            tempfile.mkstemp(prefix=f"chatsvc-{self.port}-", suffix=".log", dir=LOGS)[1]
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def environment(self) -> dict[str, str]:
@@ -134,6 +141,12 @@ class Instance:
     def client(self, token: str) -> ApiClient:
         """An API client for this instance."""
         return ApiClient(self.base, token)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_logs() -> None:
+    """Only this session's server logs in test-artifacts/logs."""
+    shutil.rmtree(LOGS, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
