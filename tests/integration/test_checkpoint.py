@@ -11,7 +11,7 @@ import gevent.queue
 import psycopg
 
 from chatsvc import notify
-from chatsvc.streaming import Checkpointer, Stream
+from chatsvc.streaming import Checkpointer, Ending, Stream
 from tests.support import TEST_SETTINGS
 
 
@@ -118,13 +118,16 @@ def test_a_minimum_interval_holds_text_back_and_commits_it_as_one_chunk(
         checkpointer.append(stream, "b")
         checkpointer.append(stream, "c")
         second_at, second = deltas.get(timeout=5)
+        chunks = conn.execute(
+            "SELECT start_offset, content FROM message_chunks ORDER BY start_offset"
+        ).fetchall()
+        assert checkpointer.end(stream, Ending("completed", called=False))
     finally:
-        checkpointer.stop()
+        checkpointer.stop()  # returns once no stream is left
+    assert not checkpointer.streams
 
     assert first.text == "a" and first_at - asked < 0.5  # the first text goes at once
     assert (second.start, second.text) == (1, "bc")  # the rest waited, and went together
     assert second_at - asked >= 0.5
-    rows = conn.execute(
-        "SELECT start_offset, content FROM message_chunks ORDER BY start_offset"
-    ).fetchall()
-    assert rows == [(0, "a"), (1, "bc")]
+    assert chunks == [(0, "a"), (1, "bc")]
+    assert conn.execute("SELECT status, content FROM messages").fetchone() == ("completed", "abc")

@@ -79,7 +79,7 @@ def test_bad_frames_get_errors_and_the_socket_stays_usable(app: AppServer) -> No
         assert conn.execute("SELECT count(*) FROM messages").fetchone() == (2,)
 
 
-def test_websocket_and_sse_receive_identicalframes_text(app: AppServer) -> None:
+def test_websocket_and_sse_receive_identical_text(app: AppServer) -> None:
     token = make_user(app.db_url, "val")
     client = ApiClient(app.base, token)
     conversation = client.conversation()
