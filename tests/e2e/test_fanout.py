@@ -13,6 +13,7 @@ from typing import Any
 import gevent
 import psycopg
 import pytest
+import requests
 
 from tests.e2e.conftest import Instance
 from tests.support import ApiClient, FakeLLMServer, WsClient, frames_text, make_user, read_sse
@@ -368,3 +369,21 @@ def test_websocket_and_project_room_across_instances(
     finally:
         ws.close()
         reader.kill()
+
+
+def test_session_cookie_is_secure_behind_a_tls_proxy_on_this_host(
+    pair: tuple[Instance, Instance], token: str
+) -> None:
+    a, _ = pair
+    plain = requests.post(f"{a.base}/api/session", json={"token": token}, timeout=10)
+    proxied = requests.post(
+        f"{a.base}/api/session",
+        json={"token": token},
+        headers={"X-Forwarded-Proto": "https"},  # gunicorn trusts it from 127.0.0.1
+        timeout=10,
+    )
+    assert plain.status_code == proxied.status_code == 201
+    plain_cookie, proxied_cookie = plain.headers["Set-Cookie"], proxied.headers["Set-Cookie"]
+    assert "HttpOnly" in plain_cookie and "SameSite=Strict" in plain_cookie
+    assert "Secure" not in plain_cookie
+    assert "Secure" in proxied_cookie and "HttpOnly" in proxied_cookie
