@@ -127,7 +127,7 @@ class Table:
                 "metric": metric,
                 "chatsvc": chatsvc,
                 "baseline": baseline,
-                "ratio": "—" if ratio is None else f"{ratio:.2f}×",
+                "ratio": "—" if ratio is None else f"{ratio:.{2 if ratio >= 0.1 else 3}f}×",
                 "target": target,
                 "met": _met(met),
             }
