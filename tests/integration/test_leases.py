@@ -21,13 +21,6 @@ from tests.support import (
 
 
 @pytest.fixture
-def fake_llm() -> Iterator[FakeLLMServer]:
-    server = FakeLLMServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def servers(db_url: str, fake_llm: FakeLLMServer, request: Any) -> Iterator[list[AppServer]]:
     overrides = getattr(request, "param", {})
     settings = TEST_SETTINGS.with_(

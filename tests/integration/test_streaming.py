@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -12,25 +11,7 @@ import psycopg
 import pytest
 
 from chatsvc.config import Settings
-from tests.support import TEST_SETTINGS, ApiClient, AppServer, FakeLLMServer, make_user, read_sse
-
-
-@pytest.fixture
-def fake_llm() -> Iterator[FakeLLMServer]:
-    server = FakeLLMServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def llm_app(db_url: str, fake_llm: FakeLLMServer) -> Iterator[AppServer]:
-    """The app talking to the fake OpenAI-compatible server through litellm."""
-    settings = TEST_SETTINGS.with_(
-        model="openai/fake", llm_api_base=fake_llm.api_base, llm_api_key="sk-test"
-    )
-    server = AppServer(db_url, settings)
-    yield server
-    server.stop()
+from tests.support import TEST_SETTINGS, ApiClient, AppServer, make_user, read_sse
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -19,26 +18,9 @@ import requests
 
 from chatsvc.auth import COOKIE
 from chatsvc.fakellm import parse_directives, script_text
-from tests.support import TEST_SETTINGS, ApiClient, AppServer, FakeLLMServer, make_user
+from tests.support import ApiClient, AppServer, make_user
 
 LONG = "@fake chunks=400 size=3 delay=0.01 alphabet=mixed"
-
-
-@pytest.fixture
-def fake_llm() -> Iterator[FakeLLMServer]:
-    server = FakeLLMServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def llm_app(db_url: str, fake_llm: FakeLLMServer) -> Iterator[AppServer]:
-    settings = TEST_SETTINGS.with_(
-        model="openai/fake", llm_api_base=fake_llm.api_base, llm_api_key="sk-test"
-    )
-    server = AppServer(db_url, settings)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -2,45 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import gevent
 import psycopg
-import pytest
 
 from tests.support import (
-    TEST_SETTINGS,
     ApiClient,
     AppServer,
-    FakeLLMServer,
     WsClient,
     frames_text,
     make_user,
 )
 
 
-@pytest.fixture
-def fake_llm() -> Iterator[FakeLLMServer]:
-    server = FakeLLMServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def app(db_url: str, fake_llm: FakeLLMServer) -> Iterator[AppServer]:
-    settings = TEST_SETTINGS.with_(
-        model="openai/fake", llm_api_base=fake_llm.api_base, llm_api_key="sk-test"
-    )
-    server = AppServer(db_url, settings)
-    yield server
-    server.stop()
-
-
-def test_bad_frames_get_errors_and_the_socket_stays_usable(app: AppServer) -> None:
-    token = make_user(app.db_url, "uma")
-    conversation = ApiClient(app.base, token).conversation()
-    ws = WsClient(app.base)
+def test_bad_frames_get_errors_and_the_socket_stays_usable(llm_app: AppServer) -> None:
+    token = make_user(llm_app.db_url, "uma")
+    conversation = ApiClient(llm_app.base, token).conversation()
+    ws = WsClient(llm_app.base)
     try:
         ws.send({"type": "subscribe", "conversation_id": conversation["id"]})
         assert ws.receive() == {
@@ -75,15 +54,15 @@ def test_bad_frames_get_errors_and_the_socket_stays_usable(app: AppServer) -> No
         assert [f["type"] for f in frames[:2]] == ["message", "message"]
     finally:
         ws.close()
-    with psycopg.connect(app.db_url) as conn:
+    with psycopg.connect(llm_app.db_url) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone() == (2,)
 
 
-def test_websocket_and_sse_receive_identical_text(app: AppServer) -> None:
-    token = make_user(app.db_url, "val")
-    client = ApiClient(app.base, token)
+def test_websocket_and_sse_receive_identical_text(llm_app: AppServer) -> None:
+    token = make_user(llm_app.db_url, "val")
+    client = ApiClient(llm_app.base, token)
     conversation = client.conversation()
-    ws = WsClient(app.base, {"Authorization": f"Bearer {token}"})  # authenticated at upgrade
+    ws = WsClient(llm_app.base, {"Authorization": f"Bearer {token}"})  # authenticated at upgrade
     try:
         ws.send(
             {
@@ -126,10 +105,10 @@ def test_websocket_and_sse_receive_identical_text(app: AppServer) -> None:
         ws.close()
 
 
-def test_websocket_cancel_and_token_limit(app: AppServer) -> None:
-    token = make_user(app.db_url, "wes", token_limit=100)
-    conversation = ApiClient(app.base, token).conversation()
-    ws = WsClient(app.base)
+def test_websocket_cancel_and_token_limit(llm_app: AppServer) -> None:
+    token = make_user(llm_app.db_url, "wes", token_limit=100)
+    conversation = ApiClient(llm_app.base, token).conversation()
+    ws = WsClient(llm_app.base)
     try:
         ws.send({"type": "auth", "token": token})
         ws.send(
@@ -144,7 +123,7 @@ def test_websocket_cancel_and_token_limit(app: AppServer) -> None:
         done = ws.until(lambda f: f["type"] == "done")[-1]
         assert done["status"] == "cancelled" and done["token_limit"] == 100
         assert done["usage"]["estimated"] is True  # the call was cut short
-        with psycopg.connect(app.db_url) as conn:  # use the rest of the allowance
+        with psycopg.connect(llm_app.db_url) as conn:  # use the rest of the allowance
             conn.execute(
                 "UPDATE users SET token_limit = %s WHERE name = 'wes'", (done["user_tokens_used"],)
             )
@@ -162,11 +141,11 @@ def _room_sse(client: ApiClient, project_id: str, into: list[Any]) -> gevent.Gre
     return gevent.spawn(read)
 
 
-def test_project_rooms_reach_members_and_no_one_else(app: AppServer) -> None:
-    alice = ApiClient(app.base, make_user(app.db_url, "alice"))
-    bob = ApiClient(app.base, make_user(app.db_url, "bob"))
-    carol_token = make_user(app.db_url, "carol")
-    carol = ApiClient(app.base, carol_token)
+def test_project_rooms_reach_members_and_no_one_else(llm_app: AppServer) -> None:
+    alice = ApiClient(llm_app.base, make_user(llm_app.db_url, "alice"))
+    bob = ApiClient(llm_app.base, make_user(llm_app.db_url, "bob"))
+    carol_token = make_user(llm_app.db_url, "carol")
+    carol = ApiClient(llm_app.base, carol_token)
     project = alice.post("/api/projects", {"name": "Team"}).json()
     other = carol.post("/api/projects", {"name": "Other"}).json()
     alice.post(f"/api/projects/{project['id']}/members", {"user": "bob"})
@@ -180,7 +159,7 @@ def test_project_rooms_reach_members_and_no_one_else(app: AppServer) -> None:
         _room_sse(bob, project["id"], bob_events),
         _room_sse(carol, other["id"], carol_events),
     ]
-    ws = WsClient(app.base)
+    ws = WsClient(llm_app.base)
     ws.send({"type": "auth", "token": carol_token})
     ws.send({"type": "join_project", "project_id": project["id"]})
     assert ws.receive()["code"] == "not_found"
@@ -219,14 +198,14 @@ def test_project_rooms_reach_members_and_no_one_else(app: AppServer) -> None:
         gevent.killall(readers)
 
 
-def test_usage_counts_each_call_once(app: AppServer) -> None:
-    token = make_user(app.db_url, "xia")
-    client = ApiClient(app.base, token)
+def test_usage_counts_each_call_once(llm_app: AppServer) -> None:
+    token = make_user(llm_app.db_url, "xia")
+    client = ApiClient(llm_app.base, token)
     conversation = client.conversation()
     for content in ("@fake chunks=4", "@fake chunks=6 usage=0"):
         answer = client.send(conversation["id"], content)["assistant_message"]
         client.wait_terminal(answer["id"])
-    with psycopg.connect(app.db_url) as conn:
+    with psycopg.connect(llm_app.db_url) as conn:
         calls = conn.execute(
             "SELECT prompt_tokens, completion_tokens, estimated FROM llm_calls ORDER BY created_at"
         ).fetchall()

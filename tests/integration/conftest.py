@@ -1,0 +1,27 @@
+"""The app in this process, talking through litellm to a fake OpenAI-compatible server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import TEST_SETTINGS, AppServer, FakeLLMServer
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeLLMServer]:
+    server = FakeLLMServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def llm_app(db_url: str, fake_llm: FakeLLMServer) -> Iterator[AppServer]:
+    """The app talking to the fake OpenAI-compatible server through litellm."""
+    settings = TEST_SETTINGS.with_(
+        model="openai/fake", llm_api_base=fake_llm.api_base, llm_api_key="sk-test"
+    )
+    server = AppServer(db_url, settings)
+    yield server
+    server.stop()
