@@ -22,11 +22,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Flask, Response, request
-from gunicorn.app.base import BaseApplication
 
 from chatsvc import jsonio
 from chatsvc.config import Settings
-from chatsvc.server import gunicorn_options
+from chatsvc.server import Server, gunicorn_options
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -72,16 +71,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-class BaselineServer(BaseApplication):  # type: ignore[misc]
+class BaselineServer(Server):
     """gunicorn with chatsvc's options, serving the baseline app."""
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in self.options.items():
-            self.cfg.set(key, value)
 
     def load(self) -> Any:
         return create_app()
