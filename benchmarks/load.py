@@ -137,6 +137,21 @@ def _events(response: wire.Response, parser: wire.SseParser) -> tuple[int, list[
     return received_ns, parser.feed(data)
 
 
+def send_message(
+    base: str, token: str, conversation_id: str, content: str, timeout: float = 10.0
+) -> str:
+    """POST a user message; the id of the answer it starts."""
+    sent = wire.call(
+        base,
+        "POST",
+        f"/api/conversations/{conversation_id}/messages",
+        token=token,
+        body={"content": content},
+        timeout=timeout,
+    )
+    return str(sent["assistant_message"]["id"])
+
+
 def chatsvc_answer(
     send_base: str,
     follow_base: str,
@@ -158,14 +173,7 @@ def chatsvc_answer(
 
         def post() -> None:
             try:
-                wire.call(
-                    send_base,
-                    "POST",
-                    f"/api/conversations/{conversation_id}/messages",
-                    token=token,
-                    body={"content": content},
-                    timeout=timeout,
-                )
+                send_message(send_base, token, conversation_id, content, timeout)
             except Exception as exc:
                 failed.append(exc)
                 response.close()  # no `done` will come: stop the reader

@@ -88,14 +88,7 @@ def _wal_answer(
     conversation = create_conversations(bench, 1)[0]
     content = load.prompt(chunks, size, delay, bench.seed("w"), stamp=False)
     before = counters(bench.db)
-    sent = wire.call(
-        a.base,
-        "POST",
-        f"/api/conversations/{conversation}/messages",
-        token=bench.token,
-        body={"content": content},
-    )
-    message_id = sent["assistant_message"]["id"]
+    message_id = load.send_message(a.base, bench.token, conversation, content)
     done = _follow_to_done(b.base, bench.token, message_id, chunks * delay + 60)
     return {**delta(before, counters(bench.db)), "done": done, "id": message_id}
 
@@ -232,14 +225,7 @@ def _one_takeover(bench: Bench) -> dict[str, Any]:
         while not any(e.retry for _, e in seen):
             time.sleep(0.01)
         content = load.prompt(3000, 8, 0.01, bench.seed("t"), stamp=False)
-        sent = wire.call(
-            a.base,
-            "POST",
-            f"/api/conversations/{conversation}/messages",
-            token=bench.token,
-            body={"content": content},
-        )
-        message_id = sent["assistant_message"]["id"]
+        message_id = load.send_message(a.base, bench.token, conversation, content)
         while sum(e.event == "delta" for _, e in seen) < 20:
             _check(reader)
             time.sleep(0.01)
