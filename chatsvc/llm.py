@@ -72,8 +72,9 @@ def stream(settings: Settings, model: str, messages: list[dict[str, str]]) -> It
         _close(response)
     if usage is not None:
         # litellm counts tokens itself when the provider sends no usage; its raw
-        # chunks tell whether the provider did.
-        provided = any(c.get("usage") is not None for c in getattr(response, "chunks", ()))
+        # chunks tell whether the provider did (in the last one, usually: look there first).
+        chunks = getattr(response, "chunks", None) or []
+        provided = any(c.get("usage") is not None for c in reversed(chunks))
         yield Piece("", usage, estimated=not provided)
 
 
