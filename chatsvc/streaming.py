@@ -215,7 +215,6 @@ class Checkpointer(Background):
         self.backend_pids: set[int] = set()
         self.renew_every = settings.lease_s / 3
         self.min_interval = settings.checkpoint_min_ms / 1000
-        self._idle_wait = self.renew_every
         self._conn: Connection[Any] | None = None
         self._uncertain: list[Stream] = []
 
@@ -269,14 +268,15 @@ class Checkpointer(Background):
 
     def _run(self) -> None:
         backoff = 0.05
+        idle = self.renew_every  # how long to sleep when nothing wakes the loop
         while not (self._stopped and not self.streams):
-            self._wake.wait(timeout=self._idle_wait)
+            self._wake.wait(timeout=idle)
             self._wake.clear()
             try:
                 conn = self._connection()
                 if self._uncertain:
                     self._reconcile(conn)
-                batch = self._due()
+                batch, idle = self._due()
                 if batch:
                     self._commit(conn, batch)
                 backoff = 0.05
@@ -307,8 +307,8 @@ class Checkpointer(Background):
             self._conn.close()
         self._conn = None
 
-    def _due(self) -> list[Stream]:
-        """The streams the next commit must include; sets how long to sleep if none is."""
+    def _due(self) -> tuple[list[Stream], float]:
+        """The streams the next commit must include, and how soon another one will be."""
         now = time.monotonic()
         due = []
         wait = self.renew_every
@@ -323,8 +323,7 @@ class Checkpointer(Background):
                     wait = min(wait, ready)
             else:
                 wait = min(wait, s.renewed_at + self.renew_every - now)
-        self._idle_wait = max(wait, 0.001)
-        return due
+        return due, max(wait, 0.001)
 
     def _commit(self, conn: Connection[Any], batch: list[Stream]) -> None:
         started = time.monotonic()
