@@ -83,13 +83,12 @@ def _wal_answer(
 ) -> dict[str, Any]:
     """One answer generated on A (or `owner`) and followed on B, alone: the database counters
     around it."""
-    a, b = bench.chatsvc
-    a = owner or a
+    sender, follower = owner or bench.chatsvc[0], bench.chatsvc[1]
     conversation = create_conversations(bench, 1)[0]
     content = load.prompt(chunks, size, delay, bench.seed("w"), stamp=False)
     before = counters(bench.db)
-    message_id = load.send_message(a.base, bench.token, conversation, content)
-    done = _follow_to_done(b.base, bench.token, message_id, chunks * delay + 60)
+    message_id = load.send_message(sender.base, bench.token, conversation, content)
+    done = _follow_to_done(follower.base, bench.token, message_id, chunks * delay + 60)
     return {**delta(before, counters(bench.db)), "done": done, "id": message_id}
 
 
