@@ -37,7 +37,7 @@ def _database_url(settings: Settings) -> str:
 
 @contextmanager
 def _connection() -> Iterator[Connection[Any]]:
-    from chatsvc import db  # noqa: PLC0415 - keep psycopg out of `serve`
+    from chatsvc.engine import db  # noqa: PLC0415 - keep psycopg out of `serve`
 
     with db.connect(_database_url(_settings()), purpose="chatsvc-cli") as conn:
         yield conn
@@ -78,7 +78,7 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply pending migrations (safe to run from several processes at once)."""
-    from chatsvc import migrations  # noqa: PLC0415
+    from chatsvc.engine import migrations  # noqa: PLC0415
 
     applied = migrations.upgrade(_database_url(_settings()))
     click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
@@ -87,7 +87,7 @@ def db_upgrade() -> None:
 @db.command("status")
 def db_status() -> None:
     """Show every migration and whether it is applied."""
-    from chatsvc import migrations  # noqa: PLC0415
+    from chatsvc.engine import migrations  # noqa: PLC0415
 
     for state in migrations.status(_database_url(_settings())):
         click.echo(f"{'applied' if state.applied else 'pending':8} {state.id}")
@@ -106,7 +106,7 @@ def users_create(name: str, admin: bool, token_limit: int | None) -> None:
     """Create a user; prints a new API token as the last line."""
     import psycopg  # noqa: PLC0415
 
-    from chatsvc import users as user_rows  # noqa: PLC0415
+    from chatsvc.engine import users as user_rows  # noqa: PLC0415
 
     with _connection() as conn:
         try:
@@ -132,7 +132,7 @@ def tokens() -> None:
 @click.argument("name")
 def tokens_create(name: str) -> None:
     """Issue another API token for a user; prints it as the last line."""
-    from chatsvc import users as user_rows  # noqa: PLC0415
+    from chatsvc.engine import users as user_rows  # noqa: PLC0415
 
     with _connection() as conn:
         user = user_rows.user_by_name(conn, name)
@@ -147,10 +147,10 @@ def tokens_create(name: str) -> None:
 @main.command("streams")
 def streams_command() -> None:
     """The active streams, as the database has them now."""
-    from chatsvc import streams  # noqa: PLC0415
+    from chatsvc.engine import status as stream_status  # noqa: PLC0415
 
     with _connection() as conn:
-        rows = streams.active(conn, None, everything=True)
+        rows = stream_status.active(conn, None, everything=True)
     if not rows:
         click.echo("no active streams")
         return
@@ -172,10 +172,11 @@ def streams_command() -> None:
 @click.argument("conversation_id", type=click.UUID)
 def show(conversation_id: UUID) -> None:
     """A conversation and its messages with their true state."""
-    from chatsvc import messages, streams  # noqa: PLC0415
+    from chatsvc.engine import messages  # noqa: PLC0415
+    from chatsvc.engine import status as stream_status  # noqa: PLC0415
 
     with _connection() as conn:
-        status = streams.conversation_status(conn, conversation_id)
+        status = stream_status.conversation_status(conn, conversation_id)
         if status is None:
             raise click.ClickException(f"no conversation {conversation_id}")
         rows = messages.in_conversation(conn, conversation_id)

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from chatsvc.prompts import CONTINUE_INSTRUCTION
+from chatsvc.engine.prompts import CONTINUE_INSTRUCTION
 
 ASCII = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJ .,;:!?0123456789\n"
 MIXED = [

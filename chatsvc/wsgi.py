@@ -7,10 +7,10 @@ wait function at import, and the blocking one would stall every greenlet.
 
 from __future__ import annotations
 
-from chatsvc.app import create_app
 from chatsvc.config import Settings
 from chatsvc.embedded import start_embedded
-from chatsvc.runtime import check_cooperative
+from chatsvc.engine.runtime import check_cooperative
+from chatsvc.web.app import create_app
 
 check_cooperative()
 

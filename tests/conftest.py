@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from chatsvc import migrations
+from chatsvc.engine import migrations
 from tests.support import ApiClient, AppServer, make_user
 
 _counter = itertools.count()

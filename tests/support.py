@@ -14,11 +14,11 @@ import requests
 from gevent.pywsgi import WSGIServer
 from simple_websocket import Client
 
-from chatsvc import users
-from chatsvc.app import create_app
 from chatsvc.config import Settings
+from chatsvc.engine import users
+from chatsvc.engine.runtime import Runtime
 from chatsvc.fakellm import FakeLLM
-from chatsvc.runtime import Runtime
+from chatsvc.web.app import create_app
 
 TEST_SETTINGS = Settings(
     checkpoint_ms=100,

@@ -10,8 +10,8 @@ from uuid import UUID
 import gevent.queue
 import psycopg
 
-from chatsvc import notify
-from chatsvc.streaming import Checkpointer, Ending, Stream
+from chatsvc.engine import events
+from chatsvc.engine.checkpoint import Checkpointer, Ending, Stream
 from tests.support import TEST_SETTINGS
 
 
@@ -41,7 +41,7 @@ def test_a_batch_is_committed_and_notified_in_payloads_under_the_limit(
     texts = {s: "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 300))) for s in streams}
     texts[streams[0]] = "x" * 5000  # too large to travel in a notification
     texts[streams[1]] = "\x02" * 700  # escapes to six bytes a character
-    published: list[notify.Event] = []
+    published: list[events.Event] = []
     checkpointer = Checkpointer(db_url, TEST_SETTINGS, published.extend)
     for stream in streams:
         checkpointer.adopt(stream)
@@ -54,9 +54,9 @@ def test_a_batch_is_committed_and_notified_in_payloads_under_the_limit(
 
     assert all(len(n.payload.encode()) < 8000 for n in notices)
     assert checkpointer.stats.transactions == 1 and len(notices) > 3
-    remote = [e for n in notices for e in notify.decode(n.payload)]
-    assert all(isinstance(e, notify.Delta) for e in remote)
-    by_message = {e.message_id: e for e in remote if isinstance(e, notify.Delta)}
+    remote = [e for n in notices for e in events.decode(n.payload)]
+    assert all(isinstance(e, events.Delta) for e in remote)
+    by_message = {e.message_id: e for e in remote if isinstance(e, events.Delta)}
     assert set(by_message) == {s.message_id for s in streams}
     for stream in streams:
         event = by_message[stream.message_id]
@@ -69,7 +69,7 @@ def test_a_batch_is_committed_and_notified_in_payloads_under_the_limit(
         assert stream.committed == len(texts[stream]) and not stream.pending
     assert by_message[streams[0].message_id].text is None
     assert sum(e.text is not None for e in by_message.values()) > 70
-    local = {e.message_id: e.text for e in published if isinstance(e, notify.Delta)}
+    local = {e.message_id: e.text for e in published if isinstance(e, events.Delta)}
     assert local == {s.message_id: texts[s] for s in streams}  # locally, always the text
     rows = dict(conn.execute("SELECT message_id, content FROM message_chunks").fetchall())
     assert rows == {s.message_id: texts[s] for s in streams}
@@ -89,8 +89,8 @@ def test_a_fenced_stream_is_neither_written_nor_notified(
         checkpointer._commit(checkpointer._connection(), [ours, theirs])
         notices = list(listener.notifies(timeout=1))
     checkpointer.stop()
-    events = [e for n in notices for e in notify.decode(n.payload)]
-    assert [e.message_id for e in events if isinstance(e, notify.Delta)] == [ours.message_id]
+    received = [e for n in notices for e in events.decode(n.payload)]
+    assert [e.message_id for e in received if isinstance(e, events.Delta)] == [ours.message_id]
     assert theirs.lost and theirs.message_id not in checkpointer.streams
     chunks = conn.execute("SELECT message_id FROM message_chunks").fetchall()
     assert chunks == [(UUID(str(ours.message_id)),)]
@@ -101,11 +101,11 @@ def test_a_minimum_interval_holds_text_back_and_commits_it_as_one_chunk(
 ) -> None:
     (stream,) = _streams(conn, 1)
     settings = TEST_SETTINGS.with_(checkpoint_ms=500, checkpoint_min_ms=500)
-    deltas: gevent.queue.Queue[tuple[float, notify.Delta]] = gevent.queue.Queue()
+    deltas: gevent.queue.Queue[tuple[float, events.Delta]] = gevent.queue.Queue()
 
-    def publish(events: list[notify.Event]) -> None:
-        for event in events:
-            if isinstance(event, notify.Delta):
+    def publish(batch: list[events.Event]) -> None:
+        for event in batch:
+            if isinstance(event, events.Delta):
                 deltas.put((time.monotonic(), event))
 
     checkpointer = Checkpointer(db_url, settings, publish)

@@ -8,7 +8,7 @@ import gevent
 import psycopg
 import pytest
 
-from chatsvc import migrations
+from chatsvc.engine import migrations
 from tests.conftest import database_url, drop_database
 
 SCHEMA_QUERY = """

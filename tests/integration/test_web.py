@@ -16,8 +16,8 @@ import psycopg
 import pytest
 import requests
 
-from chatsvc.auth import COOKIE
 from chatsvc.fakellm import parse_directives, script_text
+from chatsvc.web.auth import COOKIE
 from tests.support import ApiClient, AppServer, make_user
 
 LONG = "@fake chunks=400 size=3 delay=0.01 alphabet=mixed"

@@ -9,8 +9,8 @@ from typing import Any
 import flask
 import pytest
 
-from chatsvc import api, health
-from chatsvc.openapi import SPEC
+from chatsvc.web import api, health
+from chatsvc.web.openapi import SPEC
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 SSE_PATHS = {

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Response, g, jsonify, request
 
-from chatsvc import users
+from chatsvc.engine import users
+from chatsvc.engine.users import User
 from chatsvc.errors import Unauthorized, wrap_exceptions
-from chatsvc.runtime import runtime
-from chatsvc.users import User
-from chatsvc.validation import Field, json_object, text
+from chatsvc.web.context import runtime
+from chatsvc.web.validation import Field, json_object, text
 
 COOKIE = "chatsvc_session"
 

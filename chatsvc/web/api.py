@@ -7,13 +7,22 @@ from uuid import UUID
 
 from flask import Blueprint, Response, jsonify, request
 
-from chatsvc import auth, chat, conversations, notify, projects, sse, streams, users
-from chatsvc import messages as message_rows
-from chatsvc.auth import current_user
-from chatsvc.conversations import Conversation
+from chatsvc.engine import commands, conversations, events, projects, status, users
+from chatsvc.engine import messages as message_rows
+from chatsvc.engine.conversations import Conversation
 from chatsvc.errors import NotFound, wrap_exceptions
-from chatsvc.runtime import runtime
-from chatsvc.validation import Field, json_object, query_int, query_uuid, text, uuid_field
+from chatsvc.web import auth, sse
+from chatsvc.web.auth import current_user
+from chatsvc.web.context import runtime
+from chatsvc.web.validation import (
+    Field,
+    json_object,
+    query_int,
+    query_uuid,
+    send_fields,
+    text,
+    uuid_field,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -93,7 +102,7 @@ def add_member(project_id: UUID) -> tuple[Response, int]:
         added = projects.add_member(conn, project_id, member.id)
         project = projects.get_project(conn, current_user().id, project_id)
         if added:
-            notify.send(conn, [notify.project_event(project_id, "member.added", user_id=member.id)])
+            events.send(conn, [events.project_event(project_id, "member.added", user_id=member.id)])
     assert project is not None
     return jsonify(project.to_json()), 201 if added else 200
 
@@ -108,7 +117,7 @@ def remove_member(project_id: UUID, name: str) -> Response:
         if member is None or not projects.remove_member(conn, project_id, member.id):
             raise NotFound(f"{name!r} is not a member of this project.")
         # Open project streams of the removed member end: they get nothing more.
-        notify.send(conn, [notify.project_event(project_id, "member.removed", user_id=member.id)])
+        events.send(conn, [events.project_event(project_id, "member.removed", user_id=member.id)])
     return Response(status=204)
 
 
@@ -126,7 +135,7 @@ def project_events(project_id: UUID) -> Response:
 
 
 def _visible_conversation(conn: Any, conversation_id: UUID) -> Conversation:
-    return chat.visible(conn, current_user(), conversation_id)
+    return commands.visible(conn, current_user(), conversation_id)
 
 
 @bp.post("/conversations")
@@ -145,10 +154,10 @@ def create_conversation() -> tuple[Response, int]:
             raise NotFound("No such project.")
         conversation = conversations.create(conn, user.id, project_id, body["title"] or "")
         if project_id is not None:
-            notify.send(
+            events.send(
                 conn,
                 [
-                    notify.project_event(
+                    events.project_event(
                         project_id,
                         "conversation.created",
                         conversation_id=conversation.id,
@@ -190,23 +199,23 @@ def delete_conversation(conversation_id: UUID) -> Response:
     with wrap_exceptions(), runtime().pool.connection() as conn:
         conversation = _visible_conversation(conn, conversation_id)
         active = message_rows.active_in(conn, conversation_id)
-        events: list[notify.Event] = []
+        outbox: list[events.Event] = []
         if active is not None:
             message_rows.request_cancel(conn, active.id)
-            events.append(
-                notify.Finished(
+            outbox.append(
+                events.Finished(
                     conversation_id, active.id, "cancelled", active.content_length, None, None
                 )
             )
         conversations.delete(conn, conversation_id)
-        events.append(notify.ConversationDeleted(conversation_id))
+        outbox.append(events.ConversationDeleted(conversation_id))
         if conversation.project_id is not None:
-            events.append(
-                notify.project_event(
+            outbox.append(
+                events.project_event(
                     conversation.project_id, "conversation.deleted", conversation_id=conversation_id
                 )
             )
-        notify.send(conn, events)
+        events.send(conn, outbox)
     return Response(status=204)
 
 
@@ -214,8 +223,8 @@ def delete_conversation(conversation_id: UUID) -> Response:
 def send_message(conversation_id: UUID) -> tuple[Response, int]:
     """Store the user message and a streaming answer, then generate it in the background."""
     rt = runtime()
-    body = json_object(chat.send_fields(rt.settings))
-    sent = chat.send(
+    body = json_object(send_fields(rt.settings))
+    sent = commands.send(
         rt,
         current_user(),
         conversation_id,
@@ -231,15 +240,15 @@ def conversation_status(conversation_id: UUID) -> Response:
     """Whether the conversation is streaming, and its latest answer's state."""
     with wrap_exceptions(), runtime().pool.connection() as conn:
         _visible_conversation(conn, conversation_id)
-        status = streams.conversation_status(conn, conversation_id)
-    assert status is not None
-    return jsonify(status.to_json())
+        found = status.conversation_status(conn, conversation_id)
+    assert found is not None
+    return jsonify(found.to_json())
 
 
 @bp.post("/conversations/<uuid:conversation_id>/cancel")
 def cancel_conversation(conversation_id: UUID) -> tuple[Response, int]:
     """Cancel the active answer (idempotent: with none, returns the latest answer)."""
-    message = chat.cancel_conversation(runtime(), current_user(), conversation_id)
+    message = commands.cancel_conversation(runtime(), current_user(), conversation_id)
     return jsonify(message.to_json()), 202
 
 
@@ -268,7 +277,7 @@ def get_message(message_id: UUID) -> Response:
 @bp.post("/messages/<uuid:message_id>/cancel")
 def cancel_message(message_id: UUID) -> tuple[Response, int]:
     """Record the intent to cancel an answer; its owner stops within a checkpoint interval."""
-    message = chat.cancel_message(runtime(), current_user(), message_id)
+    message = commands.cancel_message(runtime(), current_user(), message_id)
     return jsonify(message.to_json()), 202
 
 
@@ -290,7 +299,7 @@ def active_streams() -> Response:
     """Answers streaming now that the caller may see (all of them for an admin)."""
     user = current_user()
     with wrap_exceptions(), runtime().pool.connection() as conn:
-        found = streams.active(conn, user.id, everything=user.is_admin)
+        found = status.active(conn, user.id, everything=user.is_admin)
     return jsonify({"items": [s.to_json() for s in found]})
 
 

@@ -19,10 +19,19 @@ from uuid import UUID
 import gevent.event
 from psycopg_pool import ConnectionPool
 
-from chatsvc import messages as message_rows
-from chatsvc import notify
+from chatsvc.engine import messages as message_rows
+from chatsvc.engine.events import (
+    ConversationDeleted,
+    Delta,
+    Event,
+    Finished,
+    MessageCreated,
+    ProjectEvent,
+    StatusChanged,
+)
+from chatsvc.engine.hub import Closing, Hub, Resync, Subscriber
+from chatsvc.engine.messages import Message, TextFrom
 from chatsvc.errors import InvalidRequest, wrap_exceptions
-from chatsvc.messages import Message, TextFrom
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +116,7 @@ class Sources:
     """What followers read from: the pool, the hub, shared rows; and the heartbeat."""
 
     pool: ConnectionPool
-    hub: notify.Hub
+    hub: Hub
     heartbeat_s: float
     rows: RecentRows
 
@@ -122,7 +131,7 @@ class Follower:
         self.heartbeat_s = sources.heartbeat_s
         self.tracks: dict[UUID, Track] = {}
         self.finished = False
-        self.sub: notify.Subscriber | None = None
+        self.sub: Subscriber | None = None
 
     def close(self) -> None:
         """Unsubscribe (idempotent)."""
@@ -144,9 +153,9 @@ class Follower:
             item = self.sub.get(max(wait, 0.0))
             if item is None:
                 outs: list[Out | None] = [None]
-            elif isinstance(item, notify.Closing):
+            elif isinstance(item, Closing):
                 return
-            elif isinstance(item, notify.Resync):
+            elif isinstance(item, Resync):
                 outs = list(self.resync())
             else:
                 outs = list(self.on_event(item))
@@ -166,12 +175,12 @@ class Follower:
                 outs += self.catch_up(track)
         return outs
 
-    def on_event(self, event: notify.Event) -> list[Out]:
+    def on_event(self, event: Event) -> list[Out]:
         """Client events for one hub event."""
         match event:
-            case notify.Delta():
+            case Delta():
                 return self.on_delta(event)
-            case notify.StatusChanged():
+            case StatusChanged():
                 track = self.tracks.get(event.message_id)
                 if track is None or track.done or event.epoch <= track.epoch:
                     return []
@@ -183,11 +192,11 @@ class Follower:
                     "resumed": event.resumed,
                 }
                 return [Out("status", data)]
-            case notify.Finished():
+            case Finished():
                 return self.on_finished(event)
         return []
 
-    def on_delta(self, event: notify.Delta) -> list[Out]:
+    def on_delta(self, event: Delta) -> list[Out]:
         """Send the part of a delta the client has not had; read a gap from the database."""
         track = self.tracks.get(event.message_id)
         if track is None or track.done or event.end <= track.offset:
@@ -197,7 +206,7 @@ class Follower:
         text = event.text[track.offset - event.start :]
         return [self.delta(track, text)]
 
-    def on_finished(self, event: notify.Finished) -> list[Out]:
+    def on_finished(self, event: Finished) -> list[Out]:
         """End a track, reading from the database whatever text the client still lacks."""
         track = self.tracks.get(event.message_id)
         if track is None or track.done:
@@ -353,11 +362,11 @@ class ConversationFollower(Follower):
             return []
         return self.announce(row)
 
-    def on_event(self, event: notify.Event) -> list[Out]:
-        if isinstance(event, notify.ConversationDeleted):
+    def on_event(self, event: Event) -> list[Out]:
+        if isinstance(event, ConversationDeleted):
             self.finished = True
             return []
-        if isinstance(event, notify.MessageCreated):
+        if isinstance(event, MessageCreated):
             return self._fetch_and_announce(event.message_id)
         message_id = getattr(event, "message_id", None)
         if message_id is not None and message_id not in self.announced:
@@ -386,8 +395,8 @@ class ProjectFollower(Follower):
         self.sub = self.hub.subscribe(project_id)
         return []
 
-    def on_event(self, event: notify.Event) -> list[Out]:
-        if not isinstance(event, notify.ProjectEvent):
+    def on_event(self, event: Event) -> list[Out]:
+        if not isinstance(event, ProjectEvent):
             return []
         if event.name == "member.removed" and event.data.get("user_id") == self.user_id:
             self.finished = True

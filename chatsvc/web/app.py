@@ -9,8 +9,9 @@ from flask import Flask, Response, jsonify
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
-from chatsvc import api, health, jsonio, web, ws
+from chatsvc import jsonio
 from chatsvc.config import Settings
+from chatsvc.engine.runtime import Runtime
 from chatsvc.errors import (
     ApiError,
     InvalidRequest,
@@ -19,7 +20,7 @@ from chatsvc.errors import (
     TooLarge,
     Unavailable,
 )
-from chatsvc.runtime import Runtime
+from chatsvc.web import api, health, pages, ws
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     register_error_handlers(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
-    app.register_blueprint(web.bp)
+    app.register_blueprint(pages.bp)
     ws.init_app(app)
     app.extensions["chatsvc"].start()
     return app

@@ -31,10 +31,11 @@ from psycopg import Connection
 from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
-from chatsvc import notify
-from chatsvc.background import Background
 from chatsvc.config import Settings
-from chatsvc.streaming import Checkpointer, Ending, Generator, Stream
+from chatsvc.engine import events
+from chatsvc.engine.answers import Answerer
+from chatsvc.engine.background import Background
+from chatsvc.engine.checkpoint import Checkpointer, Ending, Stream
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class Reaper(Background):
         settings: Settings,
         pool: ConnectionPool,
         checkpointer: Checkpointer,
-        generator: Generator,
+        answerer: Answerer,
         owner: str,
         *,
         listening_since: Callable[[], float | None],
@@ -124,7 +125,7 @@ class Reaper(Background):
         self.settings = settings
         self.pool = pool
         self.checkpointer = checkpointer
-        self.generator = generator
+        self.answerer = answerer
         self.owner = owner
         self.listening_since = listening_since
         # Often enough that an expired lease is noticed within about a second.
@@ -157,10 +158,10 @@ class Reaper(Background):
             }
             claims = conn.cursor(row_factory=class_row(Claim)).execute(TAKE_OVER, params).fetchall()
             resumed = [c for c in claims if self._resumes(c)]
-            notify.send(
+            events.send(
                 conn,
                 [
-                    notify.StatusChanged(c.conversation_id, c.id, "streaming", c.epoch, True)
+                    events.StatusChanged(c.conversation_id, c.id, "streaming", c.epoch, True)
                     for c in resumed
                 ],
             )
@@ -181,7 +182,7 @@ class Reaper(Background):
                     claim.content_length,
                     claim.epoch,
                 )
-                self.generator.start(stream, resumed=True)
+                self.answerer.start(stream, resumed=True)
             else:
                 log.info("interrupting %s at offset %d", claim.id, claim.content_length)
                 self.checkpointer.adopt(stream)

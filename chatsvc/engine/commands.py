@@ -8,25 +8,14 @@ from uuid import UUID
 
 from psycopg import Connection
 
-from chatsvc import conversations, notify, users
-from chatsvc import messages as message_rows
-from chatsvc.config import Settings
-from chatsvc.conversations import Conversation
-from chatsvc.errors import NotFound, TokenLimitExceeded, TooLarge, Unavailable, wrap_exceptions
-from chatsvc.messages import Exchange, Message
-from chatsvc.runtime import Runtime
-from chatsvc.streaming import Stream
-from chatsvc.users import User
-from chatsvc.validation import Field, text
-
-
-def send_fields(settings: Settings) -> dict[str, Field]:
-    """The fields of a send, over HTTP or WebSocket."""
-    return {
-        "content": Field(text(1, settings.max_message_chars, too_long=TooLarge), required=True),
-        "model": Field(text(1, 200)),
-        "client_message_id": Field(text(1, 200)),
-    }
+from chatsvc.engine import conversations, events, users
+from chatsvc.engine import messages as message_rows
+from chatsvc.engine.checkpoint import Stream
+from chatsvc.engine.conversations import Conversation
+from chatsvc.engine.messages import Exchange, Message
+from chatsvc.engine.runtime import Runtime
+from chatsvc.engine.users import User
+from chatsvc.errors import NotFound, TokenLimitExceeded, Unavailable, wrap_exceptions
 
 
 @dataclass(frozen=True)
@@ -91,13 +80,13 @@ def send(
             assert earlier is not None
             return Sent(earlier, created=False)
         answer = exchange.assistant_message
-        events: list[notify.Event] = [
-            notify.MessageCreated(conversation_id, exchange.user_message.id),
-            notify.MessageCreated(conversation_id, answer.id),
+        outbox: list[events.Event] = [
+            events.MessageCreated(conversation_id, exchange.user_message.id),
+            events.MessageCreated(conversation_id, answer.id),
         ]
         if conversation.project_id is not None:
-            events.append(
-                notify.project_event(
+            outbox.append(
+                events.project_event(
                     conversation.project_id,
                     "stream.started",
                     conversation_id=conversation_id,
@@ -105,8 +94,8 @@ def send(
                     user_id=user.id,
                 )
             )
-        notify.send(conn, events)
-    rt.generator.start(Stream.for_message(answer, rt.settings.model))
+        events.send(conn, outbox)
+    rt.answerer.start(Stream.for_message(answer, rt.settings.model))
     return Sent(exchange, created=True)
 
 

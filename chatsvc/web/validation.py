@@ -10,7 +10,14 @@ from uuid import UUID
 
 from flask import request
 
-from chatsvc.errors import InvalidJson, InvalidRequest, UnsupportedMediaType, ValidationError
+from chatsvc.config import Settings
+from chatsvc.errors import (
+    InvalidJson,
+    InvalidRequest,
+    TooLarge,
+    UnsupportedMediaType,
+    ValidationError,
+)
 
 
 @dataclass(frozen=True)
@@ -116,3 +123,12 @@ def parse_offset(raw: str, name: str) -> int:
     if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
         raise InvalidRequest(f"{name} must be a non-negative integer.")
     return int(raw)
+
+
+def send_fields(settings: Settings) -> dict[str, Field]:
+    """The fields of a send, over HTTP or WebSocket."""
+    return {
+        "content": Field(text(1, settings.max_message_chars, too_long=TooLarge), required=True),
+        "model": Field(text(1, 200)),
+        "client_message_id": Field(text(1, 200)),
+    }

@@ -9,8 +9,7 @@ from uuid import UUID
 from flask import Response, request
 
 from chatsvc import jsonio
-from chatsvc.errors import InvalidRequest, Unavailable
-from chatsvc.followers import (
+from chatsvc.engine.followers import (
     ConversationFollower,
     Cursor,
     Follower,
@@ -18,8 +17,9 @@ from chatsvc.followers import (
     Out,
     ProjectFollower,
 )
-from chatsvc.runtime import Runtime
-from chatsvc.validation import parse_offset
+from chatsvc.engine.runtime import Runtime
+from chatsvc.errors import InvalidRequest, Unavailable
+from chatsvc.web.validation import parse_offset
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,11 @@ commit.
 
 Every write is conditional on the stream's epoch and committed length, so a
 process that lost its lease cannot write another byte: its statements match no
-row, and its generator is stopped.
+row, and its answer greenlet is stopped.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -31,18 +30,17 @@ import gevent.event
 import psycopg
 from psycopg import Connection
 
-from chatsvc import db, llm, notify, prompts
-from chatsvc import messages as message_rows
-from chatsvc.background import Background
 from chatsvc.config import Settings
+from chatsvc.engine import db, events
+from chatsvc.engine.background import Background
+from chatsvc.engine.messages import Message
 from chatsvc.errors import Fenced
-from chatsvc.messages import Message
 
 log = logging.getLogger(__name__)
 
 
 class Cancelled(Exception):
-    """Thrown into a generator greenlet when its answer is cancelled."""
+    """Thrown into an answer greenlet when its answer is cancelled."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +111,7 @@ class Stats:
 # simply not returned, and its text is never written.
 #
 # The statement also NOTIFYs the new text of the rows it wrote, as "d" events
-# (see notify.py) packed into payloads under Postgres's 8000-byte limit: a
+# (see events.py) packed into payloads under Postgres's 8000-byte limit: a
 # payload holds the items whose running total of bytes ends within one band, so
 # at most one item reaching in from the band before, plus one band. An item
 # whose text would not fit goes without it; readers fetch that from the table.
@@ -205,7 +203,7 @@ RECONCILE = "SELECT id, epoch, status, content_length FROM messages WHERE id = A
 class Checkpointer(Background):
     """The process's one committer: group-commits the text of every stream it owns."""
 
-    def __init__(self, url: str, settings: Settings, publish: Callable[[list[notify.Event]], None]):
+    def __init__(self, url: str, settings: Settings, publish: Callable[[list[events.Event]], None]):
         super().__init__()
         self.url = url
         self.settings = settings
@@ -224,7 +222,7 @@ class Checkpointer(Background):
         self._drop_connection()
 
     def release_all(self, timeout: float) -> int:
-        """Hand every stream over: stop its generator, commit its text, clear owner and lease."""
+        """Hand every stream over: stop its greenlet, commit its text, clear owner and lease."""
         streams = list(self.streams.values())
         for stream in streams:
             if stream.ending is None:  # one already ending just finishes
@@ -256,7 +254,7 @@ class Checkpointer(Background):
                 continue  # a cancel that arrived as the answer was ending changes nothing
 
     def request_cancel(self, message_id: UUID) -> None:
-        """Stop the generator of a stream this process owns (called on a cancel event)."""
+        """Stop the answer greenlet of a stream this process owns (called on a cancel event)."""
         stream = self.streams.get(message_id)
         if stream is None or stream.ending is not None or stream.cancel_requested:
             return
@@ -331,19 +329,19 @@ class Checkpointer(Background):
         ending = [s for s in batch if s.ending is not None]
         texts = {s: "".join(s.pending) for s in batch}
         counts = {s: len(s.pending) for s in batch}
-        events: list[notify.Event] = []
+        outbox: list[events.Event] = []
         self._uncertain = batch
         if ending or any(s.releasing for s in ongoing):
             with conn.transaction():
-                written, cancels = self._checkpoint(conn, ongoing, texts, events)
+                written, cancels = self._checkpoint(conn, ongoing, texts, outbox)
                 releasing = [s for s in ongoing if s.releasing and s in written]
                 released = self._release(conn, releasing)
-                more: list[notify.Event] = [notify.LeasesReleased()] if released else []
+                more: list[events.Event] = [events.LeasesReleased()] if released else []
                 finished = {s for s in ending if self._finish(conn, s, texts[s], more)}
-                notify.send(conn, more)
-                events += more
+                events.send(conn, more)
+                outbox += more
         else:  # the common case: one statement, one round trip, its own transaction
-            written, cancels = self._checkpoint(conn, ongoing, texts, events)
+            written, cancels = self._checkpoint(conn, ongoing, texts, outbox)
             released, finished = set(), set()
         self._uncertain = []
         self.stats.transactions += 1
@@ -370,7 +368,7 @@ class Checkpointer(Background):
                 stream.ended.set(True)
             else:
                 self._lose(stream)
-        self.publish(events)
+        self.publish(outbox)
         for message_id in cancels:
             self.request_cancel(message_id)
 
@@ -379,7 +377,7 @@ class Checkpointer(Background):
         conn: Connection[Any],
         streams: list[Stream],
         texts: dict[Stream, str],
-        events: list[notify.Event],
+        outbox: list[events.Event],
     ) -> tuple[set[Stream], list[UUID]]:
         if not streams:
             return set(), []
@@ -389,7 +387,7 @@ class Checkpointer(Background):
             "starts": [s.committed for s in streams],
             "texts": [texts[s] for s in streams],
             "lease": self.settings.lease_s,
-            "channel": notify.CHANNEL,
+            "channel": events.CHANNEL,
             "max_item": MAX_NOTIFY_ITEM,
             "band": NOTIFY_BAND,
         }
@@ -400,8 +398,8 @@ class Checkpointer(Background):
         for s in streams:
             if s in written and texts[s]:
                 end = s.committed + len(texts[s])
-                events.append(
-                    notify.Delta(s.conversation_id, s.message_id, s.committed, end, texts[s])
+                outbox.append(
+                    events.Delta(s.conversation_id, s.message_id, s.committed, end, texts[s])
                 )
         return written, cancels
 
@@ -414,7 +412,7 @@ class Checkpointer(Background):
         return {s for s in streams if s.message_id in done}
 
     def _finish(
-        self, conn: Connection[Any], stream: Stream, tail: str, events: list[notify.Event]
+        self, conn: Connection[Any], stream: Stream, tail: str, outbox: list[events.Event]
     ) -> bool:
         ending = stream.ending
         assert ending is not None
@@ -440,14 +438,14 @@ class Checkpointer(Background):
         if row is None:
             return False
         if tail:
-            events.append(
-                notify.Delta(
+            outbox.append(
+                events.Delta(
                     stream.conversation_id, stream.message_id, stream.committed, length, tail
                 )
             )
         usage, project_id = row
-        events.append(
-            notify.Finished(
+        outbox.append(
+            events.Finished(
                 stream.conversation_id,
                 stream.message_id,
                 ending.status,
@@ -457,8 +455,8 @@ class Checkpointer(Background):
             )
         )
         if project_id is not None:
-            events.append(
-                notify.project_event(
+            outbox.append(
+                events.project_event(
                     project_id,
                     "stream.finished",
                     conversation_id=stream.conversation_id,
@@ -478,7 +476,7 @@ class Checkpointer(Background):
         stream.pending.clear()
         self.stats.fenced += 1
         log.warning(
-            "lost stream %s (epoch %d): stopping its generator", stream.message_id, stream.epoch
+            "lost stream %s (epoch %d): stopping its answer", stream.message_id, stream.epoch
         )
         if stream.ending is not None:
             stream.ended.set(False)
@@ -517,7 +515,7 @@ class Checkpointer(Background):
                     continue
                 self.publish(
                     [
-                        notify.Delta(
+                        events.Delta(
                             stream.conversation_id,
                             stream.message_id,
                             stream.committed,
@@ -527,75 +525,3 @@ class Checkpointer(Background):
                     ]
                 )
                 stream.committed = length
-
-
-class Generator:
-    """Starts and runs the answers this process owns, one greenlet each."""
-
-    def __init__(self, settings: Settings, pool: Any, checkpointer: Checkpointer) -> None:
-        self.settings = settings
-        self.pool = pool
-        self.checkpointer = checkpointer
-
-    def start(self, stream: Stream, *, resumed: bool = False) -> Stream:
-        """Begin (or, after a takeover, continue) generating an answer this process owns."""
-        self.checkpointer.adopt(stream)
-        stream.worker = gevent.spawn(self._run, stream, resumed)
-        return stream
-
-    def _prompt(self, stream: Stream, resumed: bool) -> list[dict[str, str]]:
-        with self.pool.connection() as conn:
-            rows = message_rows.in_conversation(conn, stream.conversation_id)
-        history: list[tuple[str, str]] = []
-        partial = None
-        for row in rows:
-            if row.id == stream.message_id:
-                partial = row.content[: stream.committed] if resumed else None
-                break
-            history.append((row.role, row.content))
-        return prompts.prompt_for(history, partial)
-
-    def _run(self, stream: Stream, resumed: bool) -> None:
-        usage: llm.Piece | None = None
-        produced: list[str] = []
-        prompt: list[dict[str, str]] = []
-        try:
-            prompt = self._prompt(stream, resumed)
-            for piece in llm.stream(self.settings, stream.model, prompt):
-                if piece.text:
-                    produced.append(piece.text)
-                    self.checkpointer.append(stream, piece.text)
-                if piece.usage is not None:
-                    usage = piece
-            ending = self._ending("completed", usage, prompt, produced)
-        except Exception as exc:
-            # Cancelled and Fenced are thrown into this greenlet wherever it waits,
-            # often inside litellm, which wraps them: decide by the stream's state.
-            if stream.lost or stream.releasing:
-                return
-            if stream.cancel_requested:
-                ending = self._ending("cancelled", usage, prompt, produced)
-            else:
-                log.warning("answer %s failed: %s", stream.message_id, exc)
-                ending = self._ending(
-                    "failed", usage, prompt, produced, error=llm.readable_error(exc)
-                )
-        self.checkpointer.end(stream, ending)
-
-    @staticmethod
-    def _ending(
-        status: str,
-        usage: llm.Piece | None,
-        prompt: list[dict[str, str]],
-        produced: list[str],
-        error: str | None = None,
-    ) -> Ending:
-        if not prompt:
-            return Ending(status, error=error, called=False)
-        if usage is not None:
-            return Ending(status, usage=usage.usage, estimated=usage.estimated, error=error)
-        estimate = {
-            "prompt_tokens": llm.estimate_tokens(json.dumps(prompt)),
-            "completion_tokens": llm.estimate_tokens("".join(produced)),
-        }
-        return Ending(status, usage=estimate, estimated=True, error=error)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from chatsvc import migrations, openapi
+from chatsvc.engine import migrations
 from chatsvc.errors import Unavailable, wrap_exceptions
-from chatsvc.runtime import runtime
+from chatsvc.web import openapi
+from chatsvc.web.context import runtime
 
 bp = Blueprint("health", __name__)
 

@@ -1,4 +1,4 @@
-"""The services one process runs: pool, hub, listener, checkpointer, generator."""
+"""The services one process runs: pool, hub, listener, checkpointer, answerer."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import secrets
 import socket
 
 import psycopg.waiting
-from flask import current_app
 
-from chatsvc import db, notify
 from chatsvc.config import Settings
-from chatsvc.followers import RecentRows, Sources
-from chatsvc.leases import OWNER_LOCK_CLASS, Reaper, owner_lock_key
-from chatsvc.streaming import Checkpointer, Generator
+from chatsvc.engine import db, events, hub
+from chatsvc.engine.answers import Answerer
+from chatsvc.engine.checkpoint import Checkpointer
+from chatsvc.engine.followers import RecentRows, Sources
+from chatsvc.engine.leases import OWNER_LOCK_CLASS, Reaper, owner_lock_key
+from chatsvc.engine.listener import Listener
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +39,20 @@ class Runtime:
         self.url = url
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.pool = db.make_pool(url, settings.pool_size)
-        self.hub = notify.Hub(settings.subscriber_queue)
+        self.hub = hub.Hub(settings.subscriber_queue)
         self.checkpointer = Checkpointer(url, settings, self.hub.publish)
-        self.listener = notify.Listener(
+        self.listener = Listener(
             url,
             self.hub,
             own_pids=self._own_pids,
             liveness_lock=(OWNER_LOCK_CLASS, owner_lock_key(self.owner)),
         )
-        self.generator = Generator(settings, self.pool, self.checkpointer)
+        self.answerer = Answerer(settings, self.pool, self.checkpointer)
         self.reaper = Reaper(
             settings,
             self.pool,
             self.checkpointer,
-            self.generator,
+            self.answerer,
             self.owner,
             listening_since=lambda: self.listener.connected_at,
         )
@@ -63,10 +64,10 @@ class Runtime:
     def _own_pids(self) -> set[int]:
         return self.checkpointer.backend_pids
 
-    def _on_event(self, event: notify.Event) -> None:
-        if isinstance(event, notify.CancelRequested):
+    def _on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.CancelRequested):
             self.checkpointer.request_cancel(event.message_id)
-        elif isinstance(event, notify.LeasesReleased) and not self.hub.closing:
+        elif isinstance(event, events.LeasesReleased) and not self.hub.closing:
             self.reaper.wake()
 
     def start(self) -> None:
@@ -92,7 +93,7 @@ class Runtime:
         self.reaper.stop()
         released = self.checkpointer.release_all(timeout)
         log.info("shutting down: released %d streams", released)
-        self.hub.broadcast(notify.CLOSING)
+        self.hub.broadcast(hub.CLOSING)
 
     def stop(self) -> None:
         """Shut down, then stop every greenlet and close every connection."""
@@ -103,9 +104,3 @@ class Runtime:
         self.listener.stop()
         self.checkpointer.stop()
         self.pool.close()
-
-
-def runtime() -> Runtime:
-    """The Runtime of the current Flask app."""
-    rt: Runtime = current_app.extensions["chatsvc"]
-    return rt

@@ -10,7 +10,7 @@ from uuid import UUID
 from psycopg import Connection
 from psycopg.rows import class_row
 
-from chatsvc.conversations import VISIBLE_TO
+from chatsvc.engine.conversations import VISIBLE_TO
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk
 
 from chatsvc.config import OFFLINE_MODEL, Settings
-from chatsvc.prompts import CONTINUE_INSTRUCTION
+from chatsvc.engine.prompts import CONTINUE_INSTRUCTION
 
 # litellm's per-chunk logging runs in a thread pool that breaks under gevent.
 litellm.disable_streaming_logging = True

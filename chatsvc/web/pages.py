@@ -15,11 +15,12 @@ from uuid import UUID
 
 from flask import Blueprint, Response, render_template, url_for
 
-from chatsvc import auth, conversations
-from chatsvc import messages as message_rows
+from chatsvc.engine import conversations
+from chatsvc.engine import messages as message_rows
 from chatsvc.errors import ApiError, NotFound, wrap_exceptions
-from chatsvc.runtime import runtime
-from chatsvc.validation import query_uuid
+from chatsvc.web import auth
+from chatsvc.web.context import runtime
+from chatsvc.web.validation import query_uuid
 
 bp = Blueprint("web", __name__)
 

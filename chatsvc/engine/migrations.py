@@ -12,7 +12,7 @@ from yoyo import read_migrations
 from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 from yoyo.connections import DatabaseURI
 
-from chatsvc import db
+from chatsvc.engine import db
 
 # Several processes may start at once on an empty database (two instances, a
 # rolling deploy). yoyo's own lock table is itself created by the first run, so

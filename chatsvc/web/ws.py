@@ -21,8 +21,19 @@ from flask_sock import Sock
 from gevent.lock import Semaphore
 from simple_websocket import ConnectionClosed
 
-from chatsvc import auth, chat, jsonio, projects, users
-from chatsvc import messages as message_rows
+from chatsvc import jsonio
+from chatsvc.engine import commands, projects, users
+from chatsvc.engine import messages as message_rows
+from chatsvc.engine.followers import (
+    ConversationFollower,
+    Cursor,
+    Follower,
+    MessageFollower,
+    Out,
+    ProjectFollower,
+)
+from chatsvc.engine.runtime import Runtime
+from chatsvc.engine.users import User
 from chatsvc.errors import (
     ApiError,
     InvalidRequest,
@@ -31,17 +42,9 @@ from chatsvc.errors import (
     Unauthorized,
     wrap_exceptions,
 )
-from chatsvc.followers import (
-    ConversationFollower,
-    Cursor,
-    Follower,
-    MessageFollower,
-    Out,
-    ProjectFollower,
-)
-from chatsvc.runtime import Runtime, runtime
-from chatsvc.users import User
-from chatsvc.validation import Field, fields_of, parse_json, text, uuid_field
+from chatsvc.web import auth
+from chatsvc.web.context import runtime
+from chatsvc.web.validation import Field, fields_of, parse_json, send_fields, text, uuid_field
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +174,7 @@ class Connection:
         user = self._user()
         conversation_id: UUID = body["conversation_id"]
         with wrap_exceptions(), self.rt.pool.connection() as conn:
-            chat.visible(conn, user, conversation_id)
+            commands.visible(conn, user, conversation_id)
             message_id: UUID | None = body["message_id"]
             if message_id is not None:
                 message = message_rows.get(conn, user.id, message_id)
@@ -187,10 +190,10 @@ class Connection:
     def on_send(self, frame: dict[str, Any]) -> None:
         fields = {
             "conversation_id": Field(uuid_field, required=True),
-            **chat.send_fields(self.rt.settings),
+            **send_fields(self.rt.settings),
         }
         body = fields_of(frame, fields, ignore=("type",))
-        sent = chat.send(
+        sent = commands.send(
             self.rt,
             self._user(),
             body["conversation_id"],
@@ -209,7 +212,7 @@ class Connection:
         body = fields_of(
             frame, {"conversation_id": Field(uuid_field, required=True)}, ignore=("type",)
         )
-        chat.cancel_conversation(self.rt, self._user(), body["conversation_id"])
+        commands.cancel_conversation(self.rt, self._user(), body["conversation_id"])
 
     def on_join_project(self, frame: dict[str, Any]) -> None:
         body = fields_of(frame, {"project_id": Field(uuid_field, required=True)}, ignore=("type",))

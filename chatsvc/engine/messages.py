@@ -11,7 +11,7 @@ import psycopg
 from psycopg import Connection
 from psycopg.rows import class_row
 
-from chatsvc.conversations import VISIBLE_TO
+from chatsvc.engine.conversations import VISIBLE_TO
 from chatsvc.errors import StreamActive, unique_violation_of
 
 TERMINAL = ("completed", "cancelled", "failed", "interrupted")
