@@ -1,6 +1,6 @@
 """The no-persistence baseline: the same litellm call streamed straight to SSE, no database.
 
-`POST /stream {"content": ...}` calls `chatsvc.llm.stream` (so litellm is called
+`POST /stream {"content": ...}` calls `chatsvc.engine.llm.stream` (so litellm is called
 exactly as chatsvc calls it) and writes every chunk as an SSE `delta` event shaped
 like chatsvc's (`id:` the offset after it, data `{message_id, offset, text}`), then
 `done`. It is served the way `chatsvc serve` serves: gunicorn with chatsvc's
@@ -32,7 +32,7 @@ HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The baseline WSGI app (import it in the worker: litellm must load after gevent patched)."""
-    from chatsvc import llm  # noqa: PLC0415 - litellm must load after gevent patched
+    from chatsvc.engine import llm  # noqa: PLC0415 - litellm must load after gevent patched
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)

@@ -31,6 +31,7 @@ from chatsvc.engine.events import (
 )
 from chatsvc.engine.hub import Closing, Hub, Resync, Subscriber
 from chatsvc.engine.messages import Message, TextFrom
+from chatsvc.engine.positions import Cursor
 from chatsvc.errors import InvalidRequest, wrap_exceptions
 
 
@@ -275,30 +276,6 @@ class MessageFollower(Follower):
 
     def is_finished(self) -> bool:
         return all(t.done for t in self.tracks.values())
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """A conversation stream position: `<message_id>:<offset>`."""
-
-    message_id: UUID
-    offset: int
-
-    @classmethod
-    def parse(cls, raw: str) -> Cursor:
-        """Parse a Last-Event-ID, raising InvalidRequest when it is not one of ours."""
-        message_id, sep, offset = raw.rpartition(":")
-        try:
-            if not sep:
-                raise ValueError(raw)
-            cursor = cls(UUID(message_id), int(offset))
-        except ValueError:
-            raise InvalidRequest(
-                "Last-Event-ID must be '<message_id>:<offset>' as sent by this stream."
-            ) from None
-        if cursor.offset < 0:
-            raise InvalidRequest("The offset in Last-Event-ID must not be negative.")
-        return cursor
 
 
 class ConversationFollower(Follower):

@@ -11,15 +11,14 @@ from flask import Response, request
 from chatsvc import jsonio
 from chatsvc.engine.followers import (
     ConversationFollower,
-    Cursor,
     Follower,
     MessageFollower,
     Out,
     ProjectFollower,
 )
+from chatsvc.engine.positions import Cursor, parse_offset
 from chatsvc.engine.runtime import Runtime
 from chatsvc.errors import InvalidRequest, Unavailable
-from chatsvc.web.validation import parse_offset
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from uuid import UUID
 from flask import request
 
 from chatsvc.config import Settings
+from chatsvc.engine.positions import parse_offset
 from chatsvc.errors import (
     InvalidJson,
     InvalidRequest,
@@ -116,13 +117,6 @@ def query_int(name: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise InvalidRequest(f"Query parameter {name!r} must be between {low} and {high}.")
     return value
-
-
-def parse_offset(raw: str, name: str) -> int:
-    """A non-negative decimal integer (offsets, limits), strictly: no signs, no spaces."""
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
-        raise InvalidRequest(f"{name} must be a non-negative integer.")
-    return int(raw)
 
 
 def send_fields(settings: Settings) -> dict[str, Field]:

@@ -26,12 +26,12 @@ from chatsvc.engine import commands, projects, users
 from chatsvc.engine import messages as message_rows
 from chatsvc.engine.followers import (
     ConversationFollower,
-    Cursor,
     Follower,
     MessageFollower,
     Out,
     ProjectFollower,
 )
+from chatsvc.engine.positions import Cursor
 from chatsvc.engine.runtime import Runtime
 from chatsvc.engine.users import User
 from chatsvc.errors import (

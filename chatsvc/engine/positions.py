@@ -1,0 +1,48 @@
+"""Positions in a stream as clients send them back: a plain offset, or `<message_id>:<offset>`.
+
+One strict parser for both, so every route and transport accepts the same
+spellings: a non-negative decimal integer of ASCII digits (no sign, no spaces,
+no underscores), and, for a conversation stream, a message UUID before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from chatsvc.errors import InvalidRequest
+
+# Longer than any text Postgres can hold; guards int() against absurd input.
+MAX_DIGITS = 12
+
+
+def parse_offset(raw: str, name: str) -> int:
+    """A non-negative decimal integer, strictly; InvalidRequest naming `name` otherwise."""
+    if not raw.isascii() or not raw.isdigit() or len(raw) > MAX_DIGITS:
+        raise InvalidRequest(f"{name} must be a non-negative integer.")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A conversation stream position: `<message_id>:<offset>`."""
+
+    message_id: UUID
+    offset: int
+
+    @classmethod
+    def parse(cls, raw: str) -> Cursor:
+        """Parse a Last-Event-ID, raising InvalidRequest when it is not one of ours."""
+        message_id, sep, offset = raw.rpartition(":")
+        try:
+            if not sep:
+                raise ValueError(raw)
+            uuid = UUID(message_id)
+        except ValueError:
+            raise InvalidRequest(
+                "Last-Event-ID must be '<message_id>:<offset>' as sent by this stream."
+            ) from None
+        return cls(uuid, parse_offset(offset, "The offset in Last-Event-ID"))
+
+    def __str__(self) -> str:
+        return f"{self.message_id}:{self.offset}"
