@@ -31,6 +31,15 @@ def _settings() -> Settings:
         raise click.UsageError(str(exc)) from None
 
 
+def _tools(settings: Settings) -> Any:
+    from chatsvc.engine import tools  # noqa: PLC0415
+
+    try:
+        return tools.load(settings.tools_file)
+    except tools.ToolsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 def _database_url(settings: Settings) -> str:
     return settings.database_url or start_embedded(settings.data_dir)
 
@@ -61,6 +70,7 @@ def serve(host: str, port: int, workers: int) -> None:
     from chatsvc import server  # noqa: PLC0415
 
     settings = _settings()
+    _tools(settings)  # a bad tools file stops here, before anything starts
     if settings.database_url is None:
         os.environ["DATABASE_URL"] = start_embedded(settings.data_dir)
     # Migrations run in a child process: the master must not import psycopg
@@ -68,6 +78,21 @@ def serve(host: str, port: int, workers: int) -> None:
     # instances that start together apply them once.
     subprocess.run([sys.executable, "-m", "chatsvc", "db", "upgrade"], check=True)
     server.serve(host, port, workers)
+
+
+@main.command("tools")
+@click.option("--json", "as_json", is_flag=True, help="Exactly what the model is sent.")
+def tools_command(as_json: bool) -> None:
+    """The tools the model may call, as the model will see them."""
+    import json  # noqa: PLC0415
+
+    from chatsvc.engine import tools  # noqa: PLC0415
+
+    registry = _tools(_settings())
+    if as_json:
+        click.echo(json.dumps(registry.for_model(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(tools.describe(registry))
 
 
 @main.group()

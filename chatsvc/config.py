@@ -35,6 +35,8 @@ class Settings:
     pool_size: int = 10
     subscriber_queue: int = 256
     offline_delay_s: float = 0.03
+    tools_file: Path | None = None
+    max_steps: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -67,6 +69,8 @@ class Settings:
             raise ConfigError("CHATSVC_HEARTBEAT_S must be positive")
         if self.max_message_chars < 1:
             raise ConfigError("CHATSVC_MAX_MESSAGE_CHARS must be at least 1")
+        if self.max_steps < 1:
+            raise ConfigError("CHATSVC_MAX_STEPS must be at least 1")
         if self.pool_size < 2:
             raise ConfigError("CHATSVC_POOL_SIZE must be at least 2")
         return self
@@ -111,4 +115,6 @@ _VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("CHATSVC_POOL_SIZE", "pool_size", _positive_int),
     ("CHATSVC_SUBSCRIBER_QUEUE", "subscriber_queue", _positive_int),
     ("CHATSVC_OFFLINE_DELAY_S", "offline_delay_s", float),
+    ("CHATSVC_TOOLS_FILE", "tools_file", Path),
+    ("CHATSVC_MAX_STEPS", "max_steps", _positive_int),
 )
