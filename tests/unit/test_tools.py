@@ -21,7 +21,9 @@ description = "Charge the customer."
 url = "http://127.0.0.1:9000/charge"
 idempotent = false
 timeout_s = 30
-parameters = { type = "object", properties = { amount = { type = "number" } }, required = ["amount"] }
+parameters = { type = "object", properties = { amount = { type = "number" } }, required = [
+    "amount",
+] }
 
 [[tools]]
 name = "lookup"
