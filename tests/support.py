@@ -121,6 +121,11 @@ class ApiClient:
         result: dict[str, Any] = response.json()
         return result
 
+    def ask(self, content: str) -> str:
+        """Send `content` in a new conversation; returns the answer's id."""
+        answer: str = self.send(self.conversation()["id"], content)["assistant_message"]["id"]
+        return answer
+
     def wait_terminal(self, message_id: str, timeout: float = 20) -> dict[str, Any]:
         """Follow the message's SSE stream to `done`, then return the message row."""
         with gevent.Timeout(timeout):

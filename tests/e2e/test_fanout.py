@@ -193,10 +193,7 @@ def test_cancel_reaches_the_owner_in_another_process(
     pair: tuple[Instance, Instance], token: str, shared_db: str
 ) -> None:
     a, b = pair
-    conversation = a.client(token).conversation()
-    message_id = a.client(token).send(conversation["id"], "@fake chunks=2000 delay=0.01")[
-        "assistant_message"
-    ]["id"]
+    message_id = a.client(token).ask("@fake chunks=2000 delay=0.01")
     events = b.client(token).sse(f"/api/messages/{message_id}/stream")
     with gevent.Timeout(20):
         next(e for e in events if e.event == "delta")
@@ -273,10 +270,7 @@ def test_many_subscribers_on_a_two_worker_instance(
     try:
         two.wait_ready()
         client = two.client(token)
-        conversation = client.conversation()
-        message_id = client.send(conversation["id"], "@fake chunks=200 size=5 delay=0.01")[
-            "assistant_message"
-        ]["id"]
+        message_id = client.ask("@fake chunks=200 size=5 delay=0.01")
         path = f"/api/messages/{message_id}/stream"
         readers = [gevent.spawn(_collect, client, path) for _ in range(40)]
         gevent.joinall(readers, timeout=40, raise_error=True)

@@ -35,6 +35,19 @@ def _wait_for(predicate: Any, timeout: float = 10, what: str = "condition") -> A
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _streaming_with_text(user: ApiClient, app: AppServer, content: str) -> str:
+    """Send in a new conversation; return the answer's id once some text is committed."""
+    conversation = user.conversation()
+    message_id: str = user.send(conversation["id"], content)["assistant_message"]["id"]
+    _wait_for(
+        lambda: _row(
+            app.db_url, "SELECT content_length > 0 FROM messages WHERE id = %s", message_id
+        )[0],
+        what="some text",
+    )
+    return message_id
+
+
 def _deltas(events: list[Any]) -> str:
     return "".join(e.json()["text"] for e in events if e.event == "delta")
 
@@ -315,16 +328,7 @@ def test_cancel_while_the_llm_is_silent(user: ApiClient) -> None:
 
 
 def test_cancel_from_psql_is_honoured(user: ApiClient, llm_app: AppServer) -> None:
-    conversation = user.conversation()
-    message_id = user.send(conversation["id"], "@fake chunks=500 delay=0.01")["assistant_message"][
-        "id"
-    ]
-    _wait_for(
-        lambda: _row(
-            llm_app.db_url, "SELECT content_length > 0 FROM messages WHERE id = %s", message_id
-        )[0],
-        what="some text",
-    )
+    message_id = _streaming_with_text(user, llm_app, "@fake chunks=500 delay=0.01")
     with psycopg.connect(llm_app.db_url) as conn:
         conn.execute("UPDATE messages SET cancel_requested_at = now() WHERE id = %s", (message_id,))
     final = user.wait_terminal(message_id)
@@ -384,16 +388,7 @@ def test_token_limit_blocks_sending(llm_app: AppServer) -> None:
 def test_a_fenced_owner_cannot_write(user: ApiClient, llm_app: AppServer) -> None:
     """Another process took the stream (epoch moved on): the old owner writes nothing more."""
     llm_app.runtime.reaper.stop()  # the fake new owner below has no process to keep it alive
-    conversation = user.conversation()
-    message_id = user.send(conversation["id"], "@fake chunks=400 delay=0.01")["assistant_message"][
-        "id"
-    ]
-    _wait_for(
-        lambda: _row(
-            llm_app.db_url, "SELECT content_length > 0 FROM messages WHERE id = %s", message_id
-        )[0],
-        what="some text",
-    )
+    message_id = _streaming_with_text(user, llm_app, "@fake chunks=400 delay=0.01")
     with psycopg.connect(llm_app.db_url) as conn:
         length = conn.execute(
             "UPDATE messages SET epoch = epoch + 1, owner = 'someone-else' WHERE id = %s "
