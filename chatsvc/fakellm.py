@@ -15,9 +15,18 @@ message, e.g. "@fake chunks=40 size=3 delay=0.02 alphabet=mixed fail_after=10":
     stamp       1 to start each chunk with "<N>", N = CLOCK_MONOTONIC in ns when it
                 is sent (system-wide, so another process can measure delivery
                 latency); the chunk is at least as long as the stamp
+    reasoning   chunks of reasoning (`delta.reasoning_content`) before each
+                model call's content or tool calls (default 0)
+    calls       tool calls, `name:{json args};name2:{...}` (no spaces): the model
+                calls them all in one step, streaming the arguments in
+                fragments of `size` characters, then answers with its text once
+                the prompt holds the results of `steps` such steps
+    steps       how many steps of tool calls before the text (default 1)
 
-The answer is a pure function of the directives (except stamps), so when chatsvc
-asks it to continue a partial answer it continues the same text from that point.
+Chunk counts for fail_after and hang_after include reasoning and argument
+fragments. The answer is a pure function of the directives and of how many tool
+steps the prompt already holds (except stamps), so when chatsvc asks it to
+continue a partial answer it continues the same text from that point.
 """
 
 from __future__ import annotations
@@ -83,6 +92,40 @@ def script_text(directives: dict[str, str]) -> str:
     return "".join(rng.choice(ASCII) for _ in range(chunks * size))
 
 
+def script_reasoning(directives: dict[str, str], step: int) -> str:
+    """The reasoning of one model call (step 0 is the first call of an answer)."""
+    chunks = int(directives.get("reasoning", 0))
+    size = int(directives.get("size", 4))
+    rng = random.Random(f"reasoning {step} " + json.dumps(directives, sort_keys=True))
+    return "".join(rng.choice(ASCII) for _ in range(chunks * size))
+
+
+def script_calls(directives: dict[str, str]) -> list[tuple[str, str]]:
+    """The (name, arguments text) of the tool calls each step makes."""
+    raw = directives.get("calls", "")
+    calls = []
+    for item in raw.split(";") if raw else []:
+        name, _, arguments = item.partition(":")
+        calls.append((name, arguments or "{}"))
+    return calls
+
+
+def tool_call_id(step: int, index: int) -> str:
+    """The id the fake gives a call: unique within an answer."""
+    return f"call_{step}_{index}"
+
+
+def tool_steps_done(messages: list[dict[str, Any]]) -> int:
+    """How many steps of tool calls the prompt holds since the question was asked."""
+    done = 0
+    for message in reversed(messages):
+        if message["role"] == "user" and message.get("content") != CONTINUE_INSTRUCTION:
+            break
+        if message["role"] == "assistant" and message.get("tool_calls"):
+            done += 1
+    return done
+
+
 def split(text: str, size: int) -> list[str]:
     """Chunks of `size` code points (which may split a grapheme, as real tokenizers do)."""
     return [text[i : i + size] for i in range(0, len(text), size)]
@@ -119,18 +162,35 @@ class FakeLLM:
             "",
         )
         directives = {**self.default, **parse_directives(question)}
-        text = script_text(directives)
-        if messages and messages[-1]["content"] == CONTINUE_INSTRUCTION:
-            partial = messages[-2]["content"]
-            text = text[len(partial) :] if text.startswith(partial) else text
+        size = int(directives.get("size", 4))
+        step = tool_steps_done(messages)
+        deltas: list[dict[str, Any]] = [
+            {"reasoning_content": piece}
+            for piece in split(script_reasoning(directives, step), size)
+        ]
+        calls = script_calls(directives)
+        if calls and step < int(directives.get("steps", 1)):
+            deltas += _call_deltas(calls, step, size)
+            finish = "tool_calls"
+        else:
+            text = script_text(directives)
+            if messages and messages[-1]["content"] == CONTINUE_INSTRUCTION:
+                partial = messages[-2]["content"] or ""
+                text = text[len(partial) :] if text.startswith(partial) else text
+            deltas += [{"content": chunk} for chunk in split(text, size)]
+            finish = "stop"
         start_response("200 OK", [("Content-Type", "text/event-stream")])
-        chunks = split(text, int(directives.get("size", 4)))
         return self._events(
-            chunks, directives, body.get("model", "fake"), len(json.dumps(messages))
+            deltas, finish, directives, body.get("model", "fake"), len(json.dumps(messages))
         )
 
     def _events(
-        self, chunks: list[str], directives: dict[str, str], model: str, prompt_chars: int
+        self,
+        deltas: list[dict[str, Any]],
+        finish: str,
+        directives: dict[str, str],
+        model: str,
+        prompt_chars: int,
     ) -> Iterator[bytes]:
         delay = float(directives.get("delay", 0.01))
         fail_after = int(directives.get("fail_after", -1))
@@ -155,27 +215,42 @@ class FakeLLM:
             return f"data: {json.dumps(payload)}\n\n".encode()
 
         yield event({"role": "assistant", "content": ""})
-        for index, chunk in enumerate(chunks):
+        for index, delta in enumerate(deltas):
             if index == fail_after:
                 raise ConnectionResetError("fake provider dropped the connection")
             if index == hang_after:
                 time.sleep(3600)
             if delay:
                 time.sleep(delay)
-            text = chunk
-            if stamp:
+            if stamp and "content" in delta:
                 mark = f"<{time.monotonic_ns()}>"
-                text = mark + chunk[len(mark) :]
-            yield event({"content": text})
-        yield event({}, finish="stop")
+                yield event({"content": mark + delta["content"][len(mark) :]})
+            else:
+                yield event(delta)
+        yield event({}, finish=finish)
         if directives.get("usage", "1") != "0":
             usage = {
                 "prompt_tokens": prompt_chars // 4,
-                "completion_tokens": len(chunks),
-                "total_tokens": prompt_chars // 4 + len(chunks),
+                "completion_tokens": len(deltas),
+                "total_tokens": prompt_chars // 4 + len(deltas),
             }
             yield event({}, usage=usage)
         yield b"data: [DONE]\n\n"
+
+
+def _call_deltas(calls: list[tuple[str, str]], step: int, size: int) -> list[dict[str, Any]]:
+    """A step's tool calls as OpenAI streams them: id and name first, then argument fragments."""
+    deltas: list[dict[str, Any]] = []
+    for index, (name, arguments) in enumerate(calls):
+        head = {"id": tool_call_id(step, index), "type": "function"}
+        deltas.append(
+            {"tool_calls": [{"index": index, **head, "function": {"name": name, "arguments": ""}}]}
+        )
+        deltas += [
+            {"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}
+            for fragment in split(arguments, size)
+        ]
+    return deltas
 
 
 def main() -> None:
