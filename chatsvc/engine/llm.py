@@ -32,16 +32,57 @@ logging.getLogger("LiteLLM").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A fragment of a tool call as the model streams it: id and name first, then arguments."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class Piece:
-    """What one streamed chunk carried: new text, and the call's usage on the last one."""
+    """What one streamed chunk carried: answer text, reasoning, tool call fragments, and the
+    call's usage and finish reason at the end."""
 
     text: str
     usage: dict[str, int] | None = None
     estimated: bool = False
+    reasoning: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    finish_reason: str | None = None
 
 
-def stream(settings: Settings, model: str, messages: list[dict[str, str]]) -> Iterator[Piece]:
-    """Stream a completion: text pieces, then one piece with the call's usage."""
+def _piece(chunk: Any) -> Piece | None:
+    """The content of one litellm chunk, or None when it carries nothing of ours."""
+    if not chunk.choices:
+        return None
+    choice = chunk.choices[0]
+    delta = choice.delta
+    calls = tuple(
+        ToolCallDelta(
+            index=int(call.index or 0),
+            id=call.id or None,
+            name=(call.function.name or None) if call.function is not None else None,
+            arguments=(call.function.arguments or "") if call.function is not None else "",
+        )
+        for call in (getattr(delta, "tool_calls", None) or ())
+    )
+    text = delta.content or ""
+    reasoning = getattr(delta, "reasoning_content", None) or ""
+    if not (text or reasoning or calls or choice.finish_reason):
+        return None
+    return Piece(text, reasoning=reasoning, tool_calls=calls, finish_reason=choice.finish_reason)
+
+
+def stream(
+    settings: Settings,
+    model: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+) -> Iterator[Piece]:
+    """Stream a completion: its pieces as they come, then one piece with the call's usage."""
     kwargs: dict[str, Any] = {
         "model": model,
         "messages": messages,
@@ -56,12 +97,18 @@ def stream(settings: Settings, model: str, messages: list[dict[str, str]]) -> It
         kwargs["api_key"] = settings.llm_api_key
     if model == OFFLINE_MODEL:
         kwargs["delay"] = settings.offline_delay_s
+    if tools:
+        kwargs["tools"] = tools
+        # With tools, litellm first imports its MCP bridge, which needs the `mcp`
+        # package (not a dependency of ours); chatsvc runs its own tools.
+        kwargs["_skip_mcp_handler"] = True
     response = litellm.completion(**kwargs)
     usage: dict[str, int] | None = None
     try:
         for chunk in response:
-            if chunk.choices and chunk.choices[0].delta.content:
-                yield Piece(chunk.choices[0].delta.content)
+            piece = _piece(chunk)
+            if piece is not None:
+                yield piece
             reported = getattr(chunk, "usage", None)
             if reported is not None and getattr(reported, "completion_tokens", None) is not None:
                 usage = {

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from chatsvc.engine import llm  # noqa: F401 - litellm configured as chatsvc configures it
+from chatsvc.engine import llm
 from chatsvc.fakellm import parse_directives, script_calls, script_reasoning, script_text
 from tests.faketools import FakeToolServer
 from tests.support import FakeLLMServer
@@ -113,3 +113,27 @@ def test_the_fake_tools_count_attempts_and_effects(fake_tools: FakeToolServer) -
     text = call(fake_tools.url("text", "charge"), "k4")
     assert text.headers["Content-Type"] == "text/plain" and text.text == "plain text for charge"
     assert call(fake_tools.url("slow", "charge"), "k5").json()["effect"] == 1
+
+
+def test_llm_stream_yields_reasoning_tool_call_fragments_text_and_usage(
+    fake_llm: FakeLLMServer,
+) -> None:
+    from chatsvc.config import Settings
+
+    settings = Settings(model="openai/fake", llm_api_base=fake_llm.api_base, llm_api_key="sk")
+    tool = {"type": "function", "function": {"name": "charge", "parameters": {"type": "object"}}}
+    pieces = list(
+        llm.stream(settings, "openai/fake", [{"role": "user", "content": QUESTION}], [tool])
+    )
+    assert fake_llm.app.requests[-1]["tools"] == [tool]
+    reasoning = "".join(p.reasoning for p in pieces)
+    assert reasoning == script_reasoning(parse_directives(QUESTION), 0)
+    assert "".join(p.text for p in pieces) == ""
+    fragments = [c for p in pieces for c in p.tool_calls]
+    assert [(c.index, c.id, c.name) for c in fragments if c.id] == [
+        (0, "call_0_0", "charge"),
+        (1, "call_0_1", "lookup"),
+    ]
+    assert "".join(c.arguments for c in fragments if c.index == 0) == '{"amount":5}'
+    assert [p.finish_reason for p in pieces if p.finish_reason] == ["tool_calls"]
+    assert pieces[-1].usage is not None and not pieces[-1].estimated
