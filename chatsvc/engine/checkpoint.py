@@ -86,6 +86,11 @@ class Stream:
             committed=message.content_length,
         )
 
+    def delta(self, text: str) -> events.Delta:
+        """The event for text appended at the committed offset."""
+        end = self.committed + len(text)
+        return events.Delta(self.conversation_id, self.message_id, self.committed, end, text)
+
     @property
     def active(self) -> bool:
         """Whether the stream may still be written."""
@@ -110,15 +115,15 @@ class Stats:
 # epoch or committed length no longer matches (taken over, ended, or fenced) is
 # simply not returned, and its text is never written.
 #
-# The statement also NOTIFYs the new text of the rows it wrote, as "d" events
-# (see events.py) packed into payloads under Postgres's 8000-byte limit: a
-# payload holds the items whose running total of bytes ends within one band, so
-# at most one item reaching in from the band before, plus one band. An item
-# whose text would not fit goes without it; readers fetch that from the table.
+# It also NOTIFYs the new text of the rows it wrote: each stream comes with its
+# item and payload number, made by events.item and events.pack, and the items of
+# the rows written are joined per payload number. Only here is it known which
+# rows were written, and leaving the others out only shrinks a payload.
 CHECKPOINT = """
 WITH b AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(epochs)s::int[], %(starts)s::int[], %(texts)s::text[])
-        AS b(id, epoch, start_offset, content)
+    SELECT * FROM unnest(%(ids)s::uuid[], %(epochs)s::int[], %(starts)s::int[], %(texts)s::text[],
+                         %(items)s::text[], %(payloads)s::int[]) WITH ORDINALITY
+        AS b(id, epoch, start_offset, content, item, payload, n)
 ), m AS (
     UPDATE messages m
     SET content_length = b.start_offset + char_length(b.content),
@@ -127,30 +132,17 @@ WITH b AS (
     FROM b
     WHERE m.id = b.id AND m.epoch = b.epoch AND m.status = 'streaming'
       AND m.content_length = b.start_offset
-    RETURNING m.id, m.conversation_id, m.epoch, m.cancel_requested_at IS NOT NULL AS cancel,
-              b.start_offset, b.content
+    RETURNING m.id, m.epoch, m.cancel_requested_at IS NOT NULL AS cancel,
+              b.start_offset, b.content, b.item, b.payload, b.n
 ), c AS (
     INSERT INTO message_chunks (message_id, start_offset, epoch, content)
     SELECT id, start_offset, epoch, content FROM m WHERE content <> ''
-), items AS (
-    SELECT CASE WHEN octet_length(whole) <= %(max_item)s THEN whole ELSE bare END AS item
-    FROM (
-        SELECT json_build_array('d', conversation_id, id, start_offset,
-                                start_offset + char_length(content), content)::text AS whole,
-               json_build_array('d', conversation_id, id, start_offset,
-                                start_offset + char_length(content), NULL)::text AS bare
-        FROM m WHERE content <> ''
-    ) x
-), packed AS (
-    SELECT item, sum(octet_length(item) + 1) OVER (ORDER BY item) / %(band)s AS band FROM items
 ), sent AS (
-    SELECT pg_notify(%(channel)s, '[' || string_agg(item, ',') || ']') FROM packed GROUP BY band
+    SELECT pg_notify(%(channel)s, '[' || string_agg(item, ',' ORDER BY n) || ']')
+    FROM m WHERE item IS NOT NULL GROUP BY payload
 )
 SELECT id, cancel, (SELECT count(*) FROM sent) FROM m
 """
-# Bounds for the packing above: max_item + band + brackets < 8000 bytes.
-MAX_NOTIFY_ITEM = 4000
-NOTIFY_BAND = 3500
 
 # Content, status, usage and error of a finished answer, and its LLM call, in one
 # statement; the chunks it was assembled from are deleted in the same snapshot.
@@ -381,26 +373,23 @@ class Checkpointer(Background):
     ) -> tuple[set[Stream], list[UUID]]:
         if not streams:
             return set(), []
+        deltas = [s.delta(texts[s]) if texts[s] else None for s in streams]
+        items = [None if delta is None else events.item(delta) for delta in deltas]
         params = {
             "ids": [s.message_id for s in streams],
             "epochs": [s.epoch for s in streams],
             "starts": [s.committed for s in streams],
             "texts": [texts[s] for s in streams],
+            "items": items,
+            "payloads": events.pack(items),
             "lease": self.settings.lease_s,
             "channel": events.CHANNEL,
-            "max_item": MAX_NOTIFY_ITEM,
-            "band": NOTIFY_BAND,
         }
         rows = conn.execute(CHECKPOINT, params).fetchall()
         ok = {row[0] for row in rows}
         cancels = [row[0] for row in rows if row[1]]
         written = {s for s in streams if s.message_id in ok}
-        for s in streams:
-            if s in written and texts[s]:
-                end = s.committed + len(texts[s])
-                outbox.append(
-                    events.Delta(s.conversation_id, s.message_id, s.committed, end, texts[s])
-                )
+        outbox += [d for s, d in zip(streams, deltas, strict=True) if d and s in written]
         return written, cancels
 
     @staticmethod
@@ -438,11 +427,7 @@ class Checkpointer(Background):
         if row is None:
             return False
         if tail:
-            outbox.append(
-                events.Delta(
-                    stream.conversation_id, stream.message_id, stream.committed, length, tail
-                )
-            )
+            outbox.append(stream.delta(tail))
         usage, project_id = row
         outbox.append(
             events.Finished(
@@ -513,15 +498,5 @@ class Checkpointer(Background):
                     )
                     self._lose(stream)
                     continue
-                self.publish(
-                    [
-                        events.Delta(
-                            stream.conversation_id,
-                            stream.message_id,
-                            stream.committed,
-                            length,
-                            text[:taken],
-                        )
-                    ]
-                )
+                self.publish([stream.delta(text[:taken])])
                 stream.committed = length

@@ -39,8 +39,9 @@ def test_a_batch_is_committed_and_notified_in_payloads_under_the_limit(
     rng = random.Random(3)
     alphabet = ["a", "é", "漢", "😀", "\n", '"', "\\", "\x01", "\u2028"]
     texts = {s: "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 300))) for s in streams}
-    texts[streams[0]] = "x" * 5000  # too large to travel in a notification
+    texts[streams[0]] = "x" * events.MAX_ITEM_BYTES  # too large to travel in a notification
     texts[streams[1]] = "\x02" * 700  # escapes to six bytes a character
+    texts[streams[2]] = "\x02" * 1400  # too large once escaped
     published: list[events.Event] = []
     checkpointer = Checkpointer(db_url, TEST_SETTINGS, published.extend)
     for stream in streams:
@@ -68,6 +69,8 @@ def test_a_batch_is_committed_and_notified_in_payloads_under_the_limit(
         assert event.text in (texts[stream], None)
         assert stream.committed == len(texts[stream]) and not stream.pending
     assert by_message[streams[0].message_id].text is None
+    assert by_message[streams[1].message_id].text == texts[streams[1]]
+    assert by_message[streams[2].message_id].text is None
     assert sum(e.text is not None for e in by_message.values()) > 70
     local = {e.message_id: e.text for e in published if isinstance(e, events.Delta)}
     assert local == {s.message_id: texts[s] for s in streams}  # locally, always the text
