@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -33,68 +33,10 @@ from psycopg import Connection
 from chatsvc.config import Settings
 from chatsvc.engine import db, events
 from chatsvc.engine.background import Background
-from chatsvc.engine.messages import Message
+from chatsvc.engine.stream import FINAL, Cancelled, Ending, State, Stream
 from chatsvc.errors import Fenced
 
 log = logging.getLogger(__name__)
-
-
-class Cancelled(Exception):
-    """Thrown into an answer greenlet when its answer is cancelled."""
-
-
-@dataclass(frozen=True)
-class Ending:
-    """How an answer ends: terminal status, usage of the last LLM call, readable error."""
-
-    status: str
-    usage: dict[str, int] | None = None
-    estimated: bool = False
-    error: str | None = None
-    called: bool = True
-
-
-@dataclass(eq=False)
-class Stream:
-    """An answer this process owns: what is committed, and what waits for the next checkpoint."""
-
-    message_id: UUID
-    conversation_id: UUID
-    user_id: UUID | None
-    model: str
-    epoch: int
-    committed: int
-    pending: list[str] = field(default_factory=list)
-    renewed_at: float = field(default_factory=time.monotonic)
-    checkpointed_at: float = 0.0  # when the last commit that wrote its text started
-    ending: Ending | None = None
-    ended: gevent.event.AsyncResult = field(default_factory=gevent.event.AsyncResult)
-    lost: bool = False
-    releasing: bool = False
-    cancel_requested: bool = False
-    worker: gevent.Greenlet | None = None
-
-    @classmethod
-    def for_message(cls, message: Message, default_model: str) -> Stream:
-        """The stream of a freshly inserted answer this process owns."""
-        return cls(
-            message_id=message.id,
-            conversation_id=message.conversation_id,
-            user_id=message.user_id,
-            model=message.model or default_model,
-            epoch=message.epoch,
-            committed=message.content_length,
-        )
-
-    def delta(self, text: str) -> events.Delta:
-        """The event for text appended at the committed offset."""
-        end = self.committed + len(text)
-        return events.Delta(self.conversation_id, self.message_id, self.committed, end, text)
-
-    @property
-    def active(self) -> bool:
-        """Whether the stream may still be written."""
-        return not self.lost and not self.ended.ready()
 
 
 @dataclass
@@ -108,6 +50,26 @@ class Stats:
     fenced: int = 0
     commit_seconds: float = 0.0
     errors: int = 0
+
+
+def due(
+    streams: Iterable[Stream], now: float, renew_every: float, min_interval: float
+) -> tuple[list[Stream], float]:
+    """The streams the next commit must include, and how many seconds until another is due."""
+    batch = []
+    wait = renew_every
+    for s in streams:
+        if s.state in (State.ENDING, State.RELEASING) or now - s.renewed_at >= renew_every:
+            batch.append(s)
+        elif s.pending:
+            ready = s.checkpointed_at + min_interval - now
+            if ready <= 0:
+                batch.append(s)
+            else:
+                wait = min(wait, ready)
+        else:
+            wait = min(wait, s.renewed_at + renew_every - now)
+    return batch, max(wait, 0.001)
 
 
 # One statement checkpoints every stream in the batch, and is its own
@@ -216,14 +178,15 @@ class Checkpointer(Background):
     def release_all(self, timeout: float) -> int:
         """Hand every stream over: stop its greenlet, commit its text, clear owner and lease."""
         streams = list(self.streams.values())
-        for stream in streams:
-            if stream.ending is None:  # one already ending just finishes
-                stream.releasing = True
-                if stream.worker is not None:
-                    stream.worker.kill(Fenced, block=False)
+        # One already ending just finishes.
+        releasing = [s for s in streams if s.state in (State.RUNNING, State.CANCELLING)]
+        for stream in releasing:
+            stream.move(State.RELEASING)
+            if stream.worker is not None:
+                stream.worker.kill(Fenced, block=False)
         self._wake.set()
         gevent.wait([s.ended for s in streams], timeout=timeout)
-        return sum(1 for s in streams if s.releasing)
+        return len(releasing)
 
     def adopt(self, stream: Stream) -> None:
         """Start checkpointing a stream this process now owns."""
@@ -231,13 +194,15 @@ class Checkpointer(Background):
 
     def append(self, stream: Stream, text: str) -> None:
         """Queue text for the next checkpoint (no I/O: generators never wait on the database)."""
-        if stream.ending is None and not stream.lost:
+        if stream.accepts_text:
             stream.pending.append(text)
             self._wake.set()
 
     def end(self, stream: Stream, ending: Ending) -> bool:
         """Commit the ending with all remaining text; False if the stream was lost meanwhile."""
-        stream.ending = ending
+        if stream.handed_off:
+            return False  # whoever owns it now ends it
+        stream.move(State.ENDING, ending)
         self._wake.set()
         while True:
             try:
@@ -248,9 +213,9 @@ class Checkpointer(Background):
     def request_cancel(self, message_id: UUID) -> None:
         """Stop the answer greenlet of a stream this process owns (called on a cancel event)."""
         stream = self.streams.get(message_id)
-        if stream is None or stream.ending is not None or stream.cancel_requested:
+        if stream is None or stream.state is not State.RUNNING:
             return
-        stream.cancel_requested = True
+        stream.move(State.CANCELLING)
         if stream.worker is not None:
             stream.worker.kill(Cancelled, block=False)
 
@@ -263,12 +228,7 @@ class Checkpointer(Background):
             self._wake.wait(timeout=idle)
             self._wake.clear()
             try:
-                conn = self._connection()
-                if self._uncertain:
-                    self._reconcile(conn)
-                batch, idle = self._due()
-                if batch:
-                    self._commit(conn, batch)
+                idle = self.checkpoint_once()
                 backoff = 0.05
             except psycopg.Error as exc:
                 self.stats.errors += 1
@@ -285,6 +245,18 @@ class Checkpointer(Background):
             if self._stopped and not self.streams:
                 return
 
+    def checkpoint_once(self) -> float:
+        """One turn of the loop, in this greenlet: commit what is due; seconds until more is."""
+        conn = self._connection()
+        if self._uncertain:
+            self._reconcile(conn)
+        batch, wait = due(
+            self.streams.values(), time.monotonic(), self.renew_every, self.min_interval
+        )
+        if batch:
+            self._commit(conn, batch)
+        return wait
+
     def _connection(self) -> Connection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = db.connect(self.url, autocommit=True, purpose="chatsvc-checkpoint")
@@ -297,36 +269,18 @@ class Checkpointer(Background):
             self._conn.close()
         self._conn = None
 
-    def _due(self) -> tuple[list[Stream], float]:
-        """The streams the next commit must include, and how soon another one will be."""
-        now = time.monotonic()
-        due = []
-        wait = self.renew_every
-        for s in self.streams.values():
-            if s.ending is not None or s.releasing or now - s.renewed_at >= self.renew_every:
-                due.append(s)
-            elif s.pending:
-                ready = s.checkpointed_at + self.min_interval - now
-                if ready <= 0:
-                    due.append(s)
-                else:
-                    wait = min(wait, ready)
-            else:
-                wait = min(wait, s.renewed_at + self.renew_every - now)
-        return due, max(wait, 0.001)
-
     def _commit(self, conn: Connection[Any], batch: list[Stream]) -> None:
         started = time.monotonic()
-        ongoing = sorted((s for s in batch if s.ending is None), key=lambda s: s.message_id)
-        ending = [s for s in batch if s.ending is not None]
+        ending = [s for s in batch if s.state is State.ENDING]
+        ongoing = sorted((s for s in batch if s not in ending), key=lambda s: s.message_id)
         texts = {s: "".join(s.pending) for s in batch}
         counts = {s: len(s.pending) for s in batch}
         outbox: list[events.Event] = []
         self._uncertain = batch
-        if ending or any(s.releasing for s in ongoing):
+        if ending or any(s.state is State.RELEASING for s in ongoing):
             with conn.transaction():
                 written, cancels = self._checkpoint(conn, ongoing, texts, outbox)
-                releasing = [s for s in ongoing if s.releasing and s in written]
+                releasing = [s for s in ongoing if s.state is State.RELEASING and s in written]
                 released = self._release(conn, releasing)
                 more: list[events.Event] = [events.LeasesReleased()] if released else []
                 finished = {s for s in ending if self._finish(conn, s, texts[s], more)}
@@ -351,13 +305,13 @@ class Checkpointer(Background):
                 self._lose(stream)
             if stream in released:
                 self.streams.pop(stream.message_id, None)
-                stream.ended.set(False)
+                stream.move(State.RELEASED)
         for stream in ending:
             self.streams.pop(stream.message_id, None)
             if stream in finished:
                 stream.committed += len(texts[stream])
                 self.stats.finished += 1
-                stream.ended.set(True)
+                stream.move(State.ENDED)
             else:
                 self._lose(stream)
         self.publish(outbox)
@@ -455,17 +409,17 @@ class Checkpointer(Background):
     def _lose(self, stream: Stream) -> None:
         """The database says we no longer own this stream: stop it, write nothing more."""
         self.streams.pop(stream.message_id, None)
-        if stream.lost:
+        if stream.state in FINAL:
             return
-        stream.lost = True
+        # An ending stream's greenlet waits in end(), which the move to LOST wakes.
+        stop_worker = stream.state is not State.ENDING
+        stream.move(State.LOST)
         stream.pending.clear()
         self.stats.fenced += 1
         log.warning(
             "lost stream %s (epoch %d): stopping its answer", stream.message_id, stream.epoch
         )
-        if stream.ending is not None:
-            stream.ended.set(False)
-        elif stream.worker is not None:
+        if stop_worker and stream.worker is not None:
             stream.worker.kill(Fenced, block=False)
 
     def _reconcile(self, conn: Connection[Any]) -> None:
@@ -477,11 +431,13 @@ class Checkpointer(Background):
             epoch, status, length = state.get(stream.message_id, (None, None, None))
             if epoch != stream.epoch:
                 self._lose(stream)
-            elif status != "streaming":
+            elif status != "streaming" and stream.state is State.ENDING:
                 # The ending did commit (only we could end it at this epoch).
                 self.streams.pop(stream.message_id, None)
                 stream.committed = length
-                stream.ended.set(True)
+                stream.move(State.ENDED)
+            elif status != "streaming":
+                self._lose(stream)  # not ours to end: written by hand, no longer ours to write
             elif length != stream.committed:
                 # The checkpoint committed, and its NOTIFY went out with it; tell
                 # local subscribers, who read the text from the database.

@@ -11,7 +11,8 @@ import gevent.queue
 import psycopg
 
 from chatsvc.engine import events
-from chatsvc.engine.checkpoint import Checkpointer, Ending, Stream
+from chatsvc.engine.checkpoint import Checkpointer
+from chatsvc.engine.stream import Ending, State, Stream
 from tests.support import TEST_SETTINGS
 
 
@@ -49,7 +50,7 @@ def test_a_batch_is_committed_and_notified_in_payloads_under_the_limit(
         checkpointer.append(stream, texts[stream])
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN chatsvc")
-        checkpointer._commit(checkpointer._connection(), list(streams))
+        checkpointer.checkpoint_once()
         notices = list(listener.notifies(timeout=2))
     checkpointer.stop()
 
@@ -89,12 +90,12 @@ def test_a_fenced_stream_is_neither_written_nor_notified(
         checkpointer.append(stream, "text")
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN chatsvc")
-        checkpointer._commit(checkpointer._connection(), [ours, theirs])
+        checkpointer.checkpoint_once()
         notices = list(listener.notifies(timeout=1))
     checkpointer.stop()
     received = [e for n in notices for e in events.decode(n.payload)]
     assert [e.message_id for e in received if isinstance(e, events.Delta)] == [ours.message_id]
-    assert theirs.lost and theirs.message_id not in checkpointer.streams
+    assert theirs.state is State.LOST and theirs.message_id not in checkpointer.streams
     chunks = conn.execute("SELECT message_id FROM message_chunks").fetchall()
     assert chunks == [(UUID(str(ours.message_id)),)]
 
