@@ -13,7 +13,7 @@ items, one per event, each a JSON array whose first element names the kind
 in order into payloads under Postgres's limit (`pack`). Two producers live in
 SQL, and only join items this module built or defined:
 
-- the checkpoint statement (engine/checkpoint.py) receives each stream's prebuilt
+- the checkpoint statement (engine/writes.py) receives each stream's prebuilt
   item and payload number, and joins the items of the rows it actually wrote:
   a fenced row drops out, so a payload only ever shrinks from what `pack` made;
 - the trigger `chatsvc_notify_cancel` (sql/migrations/0001.initial.sql) sends
