@@ -37,7 +37,8 @@ from chatsvc import jsonio
 log = logging.getLogger(__name__)
 
 CHANNEL = "chatsvc"
-# Postgres rejects a payload of this many bytes or more.
+# Postgres rejects a payload of this many bytes or more. Sizes here are UTF-8
+# bytes, as a UTF8 database counts them.
 PAYLOAD_LIMIT_BYTES = 8000
 # What a payload may take, with a margin below the limit.
 MAX_PAYLOAD_BYTES = 7800

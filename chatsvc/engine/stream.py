@@ -47,9 +47,7 @@ class State(enum.Enum):
 
 
 NEXT: dict[State, frozenset[State]] = {
-    State.RUNNING: frozenset(
-        {State.CANCELLING, State.RELEASING, State.ENDING, State.LOST},
-    ),
+    State.RUNNING: frozenset({State.CANCELLING, State.RELEASING, State.ENDING, State.LOST}),
     State.CANCELLING: frozenset({State.RELEASING, State.ENDING, State.LOST}),
     State.RELEASING: frozenset({State.RELEASED, State.LOST}),
     State.ENDING: frozenset({State.ENDED, State.LOST}),
