@@ -11,7 +11,8 @@ import gevent
 from chatsvc.config import Settings
 from chatsvc.engine import llm, prompts
 from chatsvc.engine import messages as message_rows
-from chatsvc.engine.checkpoint import Checkpointer, Ending, Stream
+from chatsvc.engine.checkpoint import Checkpointer
+from chatsvc.engine.stream import Ending, State, Stream
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,9 @@ class Answerer:
         except Exception as exc:
             # Cancelled and Fenced are thrown into this greenlet wherever it waits,
             # often inside litellm, which wraps them: decide by the stream's state.
-            if stream.lost or stream.releasing:
+            if stream.handed_off:
                 return
-            if stream.cancel_requested:
+            if stream.state is State.CANCELLING:
                 ending = self._ending("cancelled", usage, prompt, produced)
             else:
                 log.warning("answer %s failed: %s", stream.message_id, exc)

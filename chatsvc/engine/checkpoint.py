@@ -1,6 +1,7 @@
-"""Generating answers: LLM deltas → group-committed checkpoints → NOTIFY.
+"""The checkpointer: LLM deltas → group-committed checkpoints → NOTIFY.
 
-Each answer this process owns is a `Stream`, fed by a greenlet that reads the LLM.
+Each answer this process owns is a `Stream` (engine/stream.py), fed by a greenlet
+that reads the LLM (engine/answers.py).
 One `Checkpointer` greenlet per process commits the new text of every stream it
 owns: as soon as there is any and no commit is in flight (so an idle database
 gets each chunk at once), and otherwise in one transaction for everything that
@@ -8,8 +9,8 @@ arrived meanwhile (group commit). `CHATSVC_CHECKPOINT_MIN_MS`, when set, holds
 back a stream's next checkpoint until that long after its last one: fewer,
 larger chunk rows and less WAL, for that much more latency. A transaction
 appends the new text of each stream as one chunk row, renews its lease, and
-sends one NOTIFY for all of them; the text becomes visible only after that
-commit.
+notifies all of them in as few payloads as fit; the text becomes visible only
+after that commit. The statements are in engine/writes.py.
 
 Every write is conditional on the stream's epoch and committed length, so a
 process that lost its lease cannot write another byte: its statements match no
@@ -20,76 +21,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import gevent
-import gevent.event
 import psycopg
 from psycopg import Connection
 
 from chatsvc.config import Settings
-from chatsvc.engine import db, events
+from chatsvc.engine import db, events, writes
 from chatsvc.engine.background import Background
-from chatsvc.engine.messages import Message
+from chatsvc.engine.stream import FINAL, Cancelled, Ending, State, Stream
 from chatsvc.errors import Fenced
 
 log = logging.getLogger(__name__)
-
-
-class Cancelled(Exception):
-    """Thrown into an answer greenlet when its answer is cancelled."""
-
-
-@dataclass(frozen=True)
-class Ending:
-    """How an answer ends: terminal status, usage of the last LLM call, readable error."""
-
-    status: str
-    usage: dict[str, int] | None = None
-    estimated: bool = False
-    error: str | None = None
-    called: bool = True
-
-
-@dataclass(eq=False)
-class Stream:
-    """An answer this process owns: what is committed, and what waits for the next checkpoint."""
-
-    message_id: UUID
-    conversation_id: UUID
-    user_id: UUID | None
-    model: str
-    epoch: int
-    committed: int
-    pending: list[str] = field(default_factory=list)
-    renewed_at: float = field(default_factory=time.monotonic)
-    checkpointed_at: float = 0.0  # when the last commit that wrote its text started
-    ending: Ending | None = None
-    ended: gevent.event.AsyncResult = field(default_factory=gevent.event.AsyncResult)
-    lost: bool = False
-    releasing: bool = False
-    cancel_requested: bool = False
-    worker: gevent.Greenlet | None = None
-
-    @classmethod
-    def for_message(cls, message: Message, default_model: str) -> Stream:
-        """The stream of a freshly inserted answer this process owns."""
-        return cls(
-            message_id=message.id,
-            conversation_id=message.conversation_id,
-            user_id=message.user_id,
-            model=message.model or default_model,
-            epoch=message.epoch,
-            committed=message.content_length,
-        )
-
-    @property
-    def active(self) -> bool:
-        """Whether the stream may still be written."""
-        return not self.lost and not self.ended.ready()
 
 
 @dataclass
@@ -105,99 +52,24 @@ class Stats:
     errors: int = 0
 
 
-# One statement checkpoints every stream in the batch, and is its own
-# transaction: one round trip to commit any number of streams. A stream whose
-# epoch or committed length no longer matches (taken over, ended, or fenced) is
-# simply not returned, and its text is never written.
-#
-# The statement also NOTIFYs the new text of the rows it wrote, as "d" events
-# (see events.py) packed into payloads under Postgres's 8000-byte limit: a
-# payload holds the items whose running total of bytes ends within one band, so
-# at most one item reaching in from the band before, plus one band. An item
-# whose text would not fit goes without it; readers fetch that from the table.
-CHECKPOINT = """
-WITH b AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(epochs)s::int[], %(starts)s::int[], %(texts)s::text[])
-        AS b(id, epoch, start_offset, content)
-), m AS (
-    UPDATE messages m
-    SET content_length = b.start_offset + char_length(b.content),
-        last_checkpoint_at = CASE WHEN b.content <> '' THEN now() ELSE m.last_checkpoint_at END,
-        lease_expires_at = now() + %(lease)s * interval '1 second'
-    FROM b
-    WHERE m.id = b.id AND m.epoch = b.epoch AND m.status = 'streaming'
-      AND m.content_length = b.start_offset
-    RETURNING m.id, m.conversation_id, m.epoch, m.cancel_requested_at IS NOT NULL AS cancel,
-              b.start_offset, b.content
-), c AS (
-    INSERT INTO message_chunks (message_id, start_offset, epoch, content)
-    SELECT id, start_offset, epoch, content FROM m WHERE content <> ''
-), items AS (
-    SELECT CASE WHEN octet_length(whole) <= %(max_item)s THEN whole ELSE bare END AS item
-    FROM (
-        SELECT json_build_array('d', conversation_id, id, start_offset,
-                                start_offset + char_length(content), content)::text AS whole,
-               json_build_array('d', conversation_id, id, start_offset,
-                                start_offset + char_length(content), NULL)::text AS bare
-        FROM m WHERE content <> ''
-    ) x
-), packed AS (
-    SELECT item, sum(octet_length(item) + 1) OVER (ORDER BY item) / %(band)s AS band FROM items
-), sent AS (
-    SELECT pg_notify(%(channel)s, '[' || string_agg(item, ',') || ']') FROM packed GROUP BY band
-)
-SELECT id, cancel, (SELECT count(*) FROM sent) FROM m
-"""
-# Bounds for the packing above: max_item + band + brackets < 8000 bytes.
-MAX_NOTIFY_ITEM = 4000
-NOTIFY_BAND = 3500
-
-# Content, status, usage and error of a finished answer, and its LLM call, in one
-# statement; the chunks it was assembled from are deleted in the same snapshot.
-FINISH = """
-WITH m AS (
-    UPDATE messages m
-    SET status = %(status)s,
-        content = coalesce((SELECT string_agg(c.content, '' ORDER BY c.start_offset)
-                            FROM message_chunks c WHERE c.message_id = m.id), '') || %(tail)s,
-        content_length = %(length)s,
-        usage = jsonb_build_object(
-            'prompt_tokens', %(prompt)s + coalesce(
-                (SELECT sum(l.prompt_tokens) FROM llm_calls l WHERE l.message_id = m.id), 0),
-            'completion_tokens', %(completion)s + coalesce(
-                (SELECT sum(l.completion_tokens) FROM llm_calls l WHERE l.message_id = m.id), 0),
-            'estimated', %(estimated)s OR coalesce(
-                (SELECT bool_or(l.estimated) FROM llm_calls l WHERE l.message_id = m.id), false)),
-        error = %(error)s,
-        completed_at = clock_timestamp(),
-        last_checkpoint_at = now(),
-        owner = NULL,
-        lease_expires_at = NULL
-    WHERE m.id = %(id)s AND m.epoch = %(epoch)s AND m.status = 'streaming'
-      AND m.content_length = %(start)s
-    RETURNING m.id, m.user_id, m.usage,
-              (SELECT c.project_id FROM conversations c WHERE c.id = m.conversation_id) AS project
-), calls AS (
-    INSERT INTO llm_calls (message_id, user_id, epoch, model, prompt_tokens, completion_tokens,
-                           estimated)
-    SELECT id, user_id, %(epoch)s, %(model)s, %(prompt)s, %(completion)s, %(estimated)s
-    FROM m WHERE %(called)s
-), chunks AS (
-    DELETE FROM message_chunks c USING m WHERE c.message_id = m.id
-)
-SELECT usage, project FROM m
-"""
-
-# Handing streams over on shutdown: no owner, lease expired now, so any live
-# process takes them over at once (see leases.TAKE_OVER).
-RELEASE = """
-UPDATE messages m SET owner = NULL, lease_expires_at = now()
-FROM unnest(%(ids)s::uuid[], %(epochs)s::int[]) AS b(id, epoch)
-WHERE m.id = b.id AND m.epoch = b.epoch AND m.status = 'streaming'
-RETURNING m.id
-"""
-
-RECONCILE = "SELECT id, epoch, status, content_length FROM messages WHERE id = ANY(%s)"
+def due(
+    streams: Iterable[Stream], now: float, renew_every: float, min_interval: float
+) -> tuple[list[Stream], float]:
+    """The streams the next commit must include, and how many seconds until another is due."""
+    batch = []
+    wait = renew_every
+    for s in streams:
+        if s.state in (State.ENDING, State.RELEASING) or now - s.renewed_at >= renew_every:
+            batch.append(s)
+        elif s.pending:
+            ready = s.checkpointed_at + min_interval - now
+            if ready <= 0:
+                batch.append(s)
+            else:
+                wait = min(wait, ready)
+        else:
+            wait = min(wait, s.renewed_at + renew_every - now)
+    return batch, max(wait, 0.001)
 
 
 class Checkpointer(Background):
@@ -224,14 +96,15 @@ class Checkpointer(Background):
     def release_all(self, timeout: float) -> int:
         """Hand every stream over: stop its greenlet, commit its text, clear owner and lease."""
         streams = list(self.streams.values())
-        for stream in streams:
-            if stream.ending is None:  # one already ending just finishes
-                stream.releasing = True
-                if stream.worker is not None:
-                    stream.worker.kill(Fenced, block=False)
+        # One already ending just finishes.
+        releasing = [s for s in streams if s.state in (State.RUNNING, State.CANCELLING)]
+        for stream in releasing:
+            stream.move(State.RELEASING)
+            if stream.worker is not None:
+                stream.worker.kill(Fenced, block=False)
         self._wake.set()
         gevent.wait([s.ended for s in streams], timeout=timeout)
-        return sum(1 for s in streams if s.releasing)
+        return len(releasing)
 
     def adopt(self, stream: Stream) -> None:
         """Start checkpointing a stream this process now owns."""
@@ -239,13 +112,15 @@ class Checkpointer(Background):
 
     def append(self, stream: Stream, text: str) -> None:
         """Queue text for the next checkpoint (no I/O: generators never wait on the database)."""
-        if stream.ending is None and not stream.lost:
+        if stream.accepts_text:
             stream.pending.append(text)
             self._wake.set()
 
     def end(self, stream: Stream, ending: Ending) -> bool:
         """Commit the ending with all remaining text; False if the stream was lost meanwhile."""
-        stream.ending = ending
+        if stream.handed_off:
+            return False  # whoever owns it now ends it
+        stream.move(State.ENDING, ending)
         self._wake.set()
         while True:
             try:
@@ -256,9 +131,9 @@ class Checkpointer(Background):
     def request_cancel(self, message_id: UUID) -> None:
         """Stop the answer greenlet of a stream this process owns (called on a cancel event)."""
         stream = self.streams.get(message_id)
-        if stream is None or stream.ending is not None or stream.cancel_requested:
+        if stream is None or stream.state is not State.RUNNING:
             return
-        stream.cancel_requested = True
+        stream.move(State.CANCELLING)
         if stream.worker is not None:
             stream.worker.kill(Cancelled, block=False)
 
@@ -271,12 +146,7 @@ class Checkpointer(Background):
             self._wake.wait(timeout=idle)
             self._wake.clear()
             try:
-                conn = self._connection()
-                if self._uncertain:
-                    self._reconcile(conn)
-                batch, idle = self._due()
-                if batch:
-                    self._commit(conn, batch)
+                idle = self.checkpoint_once()
                 backoff = 0.05
             except psycopg.Error as exc:
                 self.stats.errors += 1
@@ -293,6 +163,18 @@ class Checkpointer(Background):
             if self._stopped and not self.streams:
                 return
 
+    def checkpoint_once(self) -> float:
+        """One turn of the loop, in this greenlet: commit what is due; seconds until more is."""
+        conn = self._connection()
+        if self._uncertain:
+            self._reconcile(conn)
+        batch, wait = due(
+            self.streams.values(), time.monotonic(), self.renew_every, self.min_interval
+        )
+        if batch:
+            self._commit(conn, batch)
+        return wait
+
     def _connection(self) -> Connection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = db.connect(self.url, autocommit=True, purpose="chatsvc-checkpoint")
@@ -305,49 +187,26 @@ class Checkpointer(Background):
             self._conn.close()
         self._conn = None
 
-    def _due(self) -> tuple[list[Stream], float]:
-        """The streams the next commit must include, and how soon another one will be."""
-        now = time.monotonic()
-        due = []
-        wait = self.renew_every
-        for s in self.streams.values():
-            if s.ending is not None or s.releasing or now - s.renewed_at >= self.renew_every:
-                due.append(s)
-            elif s.pending:
-                ready = s.checkpointed_at + self.min_interval - now
-                if ready <= 0:
-                    due.append(s)
-                else:
-                    wait = min(wait, ready)
-            else:
-                wait = min(wait, s.renewed_at + self.renew_every - now)
-        return due, max(wait, 0.001)
-
     def _commit(self, conn: Connection[Any], batch: list[Stream]) -> None:
         started = time.monotonic()
-        ongoing = sorted((s for s in batch if s.ending is None), key=lambda s: s.message_id)
-        ending = [s for s in batch if s.ending is not None]
+        ending = [s for s in batch if s.state is State.ENDING]
+        ongoing = sorted((s for s in batch if s not in ending), key=lambda s: s.message_id)
         texts = {s: "".join(s.pending) for s in batch}
         counts = {s: len(s.pending) for s in batch}
-        outbox: list[events.Event] = []
         self._uncertain = batch
-        if ending or any(s.releasing for s in ongoing):
+        if ending or any(s.state is State.RELEASING for s in ongoing):
             with conn.transaction():
-                written, cancels = self._checkpoint(conn, ongoing, texts, outbox)
-                releasing = [s for s in ongoing if s.releasing and s in written]
-                released = self._release(conn, releasing)
-                more: list[events.Event] = [events.LeasesReleased()] if released else []
-                finished = {s for s in ending if self._finish(conn, s, texts[s], more)}
-                events.send(conn, more)
-                outbox += more
+                done = writes.checkpoint(conn, ongoing, texts, self.settings.lease_s)
+                releasing = [s for s in ongoing if s in done.written and s.state is State.RELEASING]
+                released, finished, more = self._hand_over(conn, releasing, ending, texts)
         else:  # the common case: one statement, one round trip, its own transaction
-            written, cancels = self._checkpoint(conn, ongoing, texts, outbox)
-            released, finished = set(), set()
+            done = writes.checkpoint(conn, ongoing, texts, self.settings.lease_s)
+            released, finished, more = set(), set(), []
         self._uncertain = []
         self.stats.transactions += 1
         self.stats.commit_seconds += time.monotonic() - started
         for stream in ongoing:
-            if stream in written:
+            if stream in done.written:
                 del stream.pending[: counts[stream]]
                 stream.committed += len(texts[stream])
                 stream.renewed_at = started
@@ -359,144 +218,71 @@ class Checkpointer(Background):
                 self._lose(stream)
             if stream in released:
                 self.streams.pop(stream.message_id, None)
-                stream.ended.set(False)
+                stream.move(State.RELEASED)
         for stream in ending:
             self.streams.pop(stream.message_id, None)
             if stream in finished:
                 stream.committed += len(texts[stream])
                 self.stats.finished += 1
-                stream.ended.set(True)
+                stream.move(State.ENDED)
             else:
                 self._lose(stream)
-        self.publish(outbox)
-        for message_id in cancels:
+        self.publish(done.deltas + more)
+        for message_id in done.cancels:
             self.request_cancel(message_id)
 
-    def _checkpoint(
-        self,
-        conn: Connection[Any],
-        streams: list[Stream],
-        texts: dict[Stream, str],
-        outbox: list[events.Event],
-    ) -> tuple[set[Stream], list[UUID]]:
-        if not streams:
-            return set(), []
-        params = {
-            "ids": [s.message_id for s in streams],
-            "epochs": [s.epoch for s in streams],
-            "starts": [s.committed for s in streams],
-            "texts": [texts[s] for s in streams],
-            "lease": self.settings.lease_s,
-            "channel": events.CHANNEL,
-            "max_item": MAX_NOTIFY_ITEM,
-            "band": NOTIFY_BAND,
-        }
-        rows = conn.execute(CHECKPOINT, params).fetchall()
-        ok = {row[0] for row in rows}
-        cancels = [row[0] for row in rows if row[1]]
-        written = {s for s in streams if s.message_id in ok}
-        for s in streams:
-            if s in written and texts[s]:
-                end = s.committed + len(texts[s])
-                outbox.append(
-                    events.Delta(s.conversation_id, s.message_id, s.committed, end, texts[s])
-                )
-        return written, cancels
-
     @staticmethod
-    def _release(conn: Connection[Any], streams: list[Stream]) -> set[Stream]:
-        if not streams:
-            return set()
-        params = {"ids": [s.message_id for s in streams], "epochs": [s.epoch for s in streams]}
-        done = {row[0] for row in conn.execute(RELEASE, params)}
-        return {s for s in streams if s.message_id in done}
-
-    def _finish(
-        self, conn: Connection[Any], stream: Stream, tail: str, outbox: list[events.Event]
-    ) -> bool:
-        ending = stream.ending
-        assert ending is not None
-        usage = ending.usage or {}
-        length = stream.committed + len(tail)
-        row = conn.execute(
-            FINISH,
-            {
-                "id": stream.message_id,
-                "epoch": stream.epoch,
-                "start": stream.committed,
-                "tail": tail,
-                "length": length,
-                "status": ending.status,
-                "error": ending.error,
-                "model": stream.model,
-                "prompt": int(usage.get("prompt_tokens", 0)),
-                "completion": int(usage.get("completion_tokens", 0)),
-                "estimated": ending.estimated,
-                "called": ending.called,
-            },
-        ).fetchone()
-        if row is None:
-            return False
-        if tail:
-            outbox.append(
-                events.Delta(
-                    stream.conversation_id, stream.message_id, stream.committed, length, tail
-                )
-            )
-        usage, project_id = row
-        outbox.append(
-            events.Finished(
-                stream.conversation_id,
-                stream.message_id,
-                ending.status,
-                length,
-                usage,
-                ending.error,
-            )
-        )
-        if project_id is not None:
-            outbox.append(
-                events.project_event(
-                    project_id,
-                    "stream.finished",
-                    conversation_id=stream.conversation_id,
-                    message_id=stream.message_id,
-                    status=ending.status,
-                    content_length=length,
-                )
-            )
-        return True
+    def _hand_over(
+        conn: Connection[Any],
+        releasing: list[Stream],
+        ending: list[Stream],
+        texts: dict[Stream, str],
+    ) -> tuple[set[Stream], set[Stream], list[events.Event]]:
+        """Release and finish streams in the caller's transaction, notifying what it did."""
+        released = writes.release(conn, releasing)
+        announced: list[events.Event] = [events.LeasesReleased()] if released else []
+        finished = set()
+        for stream in ending:
+            finish = writes.finish(conn, stream, texts[stream])
+            if finish is not None:
+                finished.add(stream)
+                announced += finish
+        events.send(conn, announced)
+        return released, finished, announced
 
     def _lose(self, stream: Stream) -> None:
         """The database says we no longer own this stream: stop it, write nothing more."""
         self.streams.pop(stream.message_id, None)
-        if stream.lost:
+        if stream.state in FINAL:
             return
-        stream.lost = True
+        # An ending stream's greenlet waits in end(), which the move to LOST wakes.
+        stop_worker = stream.state is not State.ENDING
+        stream.move(State.LOST)
         stream.pending.clear()
         self.stats.fenced += 1
         log.warning(
             "lost stream %s (epoch %d): stopping its answer", stream.message_id, stream.epoch
         )
-        if stream.ending is not None:
-            stream.ended.set(False)
-        elif stream.worker is not None:
+        if stop_worker and stream.worker is not None:
             stream.worker.kill(Fenced, block=False)
 
     def _reconcile(self, conn: Connection[Any]) -> None:
         """After a failed commit, learn from the database whether it happened after all."""
         streams, self._uncertain = self._uncertain, []
-        rows = conn.execute(RECONCILE, ([s.message_id for s in streams],)).fetchall()
-        state = {row[0]: row[1:] for row in rows}
+        rows = writes.rows_now(conn, streams)
         for stream in streams:
-            epoch, status, length = state.get(stream.message_id, (None, None, None))
-            if epoch != stream.epoch:
+            row = rows.get(stream.message_id)  # None: deleted
+            if row is None or row[0] != stream.epoch:
                 self._lose(stream)
-            elif status != "streaming":
+                continue
+            _, status, length = row
+            if status != "streaming" and stream.state is State.ENDING:
                 # The ending did commit (only we could end it at this epoch).
                 self.streams.pop(stream.message_id, None)
                 stream.committed = length
-                stream.ended.set(True)
+                stream.move(State.ENDED)
+            elif status != "streaming":
+                self._lose(stream)  # not ours to end: written by hand, no longer ours to write
             elif length != stream.committed:
                 # The checkpoint committed, and its NOTIFY went out with it; tell
                 # local subscribers, who read the text from the database.
@@ -513,15 +299,5 @@ class Checkpointer(Background):
                     )
                     self._lose(stream)
                     continue
-                self.publish(
-                    [
-                        events.Delta(
-                            stream.conversation_id,
-                            stream.message_id,
-                            stream.committed,
-                            length,
-                            text[:taken],
-                        )
-                    ]
-                )
+                self.publish([stream.delta(text[:taken])])
                 stream.committed = length

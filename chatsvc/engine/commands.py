@@ -10,10 +10,10 @@ from psycopg import Connection
 
 from chatsvc.engine import conversations, events, users
 from chatsvc.engine import messages as message_rows
-from chatsvc.engine.checkpoint import Stream
 from chatsvc.engine.conversations import Conversation
 from chatsvc.engine.messages import Exchange, Message
 from chatsvc.engine.runtime import Runtime
+from chatsvc.engine.stream import Stream
 from chatsvc.engine.users import User
 from chatsvc.errors import NotFound, TokenLimitExceeded, Unavailable, wrap_exceptions
 

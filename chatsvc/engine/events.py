@@ -1,4 +1,4 @@
-"""Cross-process events: one LISTEN connection per process, routed to local subscribers.
+"""Cross-process events and their one wire format: JSON payloads on one NOTIFY channel.
 
 Everything a process must learn from the others travels on one channel as small
 JSON payloads sent with NOTIFY in the transaction that made the change, so it is
@@ -6,13 +6,26 @@ delivered only once that change is committed ("durable before visible").
 Subscribers track offsets and read the database whenever an event is missing,
 too large for a payload, or dropped because they fell behind; a lost
 notification therefore costs a query, never a gap.
+
+This module owns the format and its size limits. A payload is a JSON array of
+items, one per event, each a JSON array whose first element names the kind
+(`item`). Items are built here, fitted so that any one travels alone, and packed
+in order into payloads under Postgres's limit (`pack`). Two producers live in
+SQL, and only join items this module built or defined:
+
+- the checkpoint statement (engine/writes.py) receives each stream's prebuilt
+  item and payload number, and joins the items of the rows it actually wrote:
+  a fenced row drops out, so a payload only ever shrinks from what `pack` made;
+- the trigger `chatsvc_notify_cancel` (sql/migrations/0001.initial.sql) sends
+  `[["c", conversation_id, message_id]]`, a `CancelRequested` as `item` makes
+  it; tests/integration/test_schema.py fires it and reads it with `decode`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -24,10 +37,15 @@ from chatsvc import jsonio
 log = logging.getLogger(__name__)
 
 CHANNEL = "chatsvc"
-# Postgres rejects payloads of 8000 bytes or more; keep a margin.
+# Postgres rejects a payload of this many bytes or more. Sizes here are UTF-8
+# bytes, as a UTF8 database counts them.
+PAYLOAD_LIMIT_BYTES = 8000
+# What a payload may take, with a margin below the limit.
 MAX_PAYLOAD_BYTES = 7800
-# A delta whose text would not fit is announced without it; readers fetch it.
-MAX_INLINE_TEXT_BYTES = 6000
+# An item fits alone in a payload between its brackets.
+MAX_ITEM_BYTES = MAX_PAYLOAD_BYTES - 2
+# How much of an error a Finished keeps when it has to be trimmed to fit.
+TRIMMED_ERROR_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,38 +187,62 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def _fitting(event: Event) -> list[Any]:
-    """The wire form of an event, stripped of text that would not fit in a payload."""
+def _size(text: str) -> int:
+    return len(text.encode())
+
+
+def item(event: Event) -> str:
+    """One event as it travels: a JSON array of at most MAX_ITEM_BYTES bytes."""
     wire = _to_wire(event)
-    if isinstance(event, Delta) and event.text is not None:
-        if len(event.text.encode()) > MAX_INLINE_TEXT_BYTES:
-            wire[5] = None
-    elif isinstance(event, Finished) and len(_dumps(wire).encode()) > MAX_INLINE_TEXT_BYTES:
-        wire[5], wire[6] = None, (event.error or "")[:200]
-    return wire
+    text = _dumps(wire)
+    # Bytes, escapes included: a control character takes six ("\u0002").
+    if _size(text) <= MAX_ITEM_BYTES:
+        return text
+    if isinstance(event, Delta):
+        wire[5] = None  # readers fetch the text from the table
+    elif isinstance(event, Finished):
+        # Without usage, readers take the ending from the row (see followers.py).
+        wire[5], wire[6] = None, (event.error or "")[:TRIMMED_ERROR_CHARS]
+    else:
+        raise ValueError(f"event too large for a notification: {event!r}")
+    return _dumps(wire)
+
+
+def pack(items: Sequence[str | None]) -> list[int]:
+    """Each item's payload number: consecutive, in order, every payload under MAX_PAYLOAD_BYTES.
+
+    An absent item (None) takes no room. Dropping items from a payload keeps it
+    under the limit, which is what lets the checkpoint statement leave out fenced rows.
+    """
+    numbers = []
+    number, size = 0, 1  # the opening bracket
+    for one in items:
+        # Each item brings itself and one more byte: a comma, or the closing bracket.
+        grows = 0 if one is None else _size(one) + 1
+        if size > 1 and size + grows > MAX_PAYLOAD_BYTES:
+            number, size = number + 1, 1
+        numbers.append(number)
+        size += grows
+    return numbers
+
+
+def payload(items: Iterable[str]) -> str:
+    """The payload carrying these items."""
+    return "[" + ",".join(items) + "]"
 
 
 def encode(events: Iterable[Event]) -> list[str]:
     """Pack events into as few payloads as fit under Postgres's limit, in order."""
-    payloads: list[str] = []
-    batch: list[str] = []
-    size = 2
-    for event in events:
-        item = _dumps(_fitting(event))
-        item_size = len(item.encode()) + 1
-        if batch and size + item_size > MAX_PAYLOAD_BYTES:
-            payloads.append("[" + ",".join(batch) + "]")
-            batch, size = [], 2
-        batch.append(item)
-        size += item_size
-    if batch:
-        payloads.append("[" + ",".join(batch) + "]")
-    return payloads
+    items = [item(event) for event in events]
+    payloads: dict[int, list[str]] = {}
+    for one, number in zip(items, pack(items), strict=True):
+        payloads.setdefault(number, []).append(one)
+    return [payload(group) for group in payloads.values()]
 
 
-def decode(payload: str) -> list[Event]:
+def decode(text: str) -> list[Event]:
     """The events of one payload."""
-    return [_from_wire(item) for item in json.loads(payload)]
+    return [_from_wire(one) for one in json.loads(text)]
 
 
 NOTIFY = "SELECT pg_notify(%s, %s)"
@@ -208,5 +250,5 @@ NOTIFY = "SELECT pg_notify(%s, %s)"
 
 def send(conn: Connection[Any], events: Iterable[Event]) -> None:
     """Queue events on the caller's transaction; Postgres delivers them at commit."""
-    for payload in encode(events):
-        conn.execute(NOTIFY, (CHANNEL, payload))
+    for text in encode(events):
+        conn.execute(NOTIFY, (CHANNEL, text))

@@ -121,6 +121,11 @@ class Sources:
     heartbeat_s: float
     rows: RecentRows
 
+    def read(self, message_id: UUID, offset: int) -> TextFrom | None:
+        """The message's committed text after offset, from the database."""
+        with wrap_exceptions(), self.pool.connection() as conn:
+            return message_rows.text_from(conn, message_id, offset)
+
 
 class Follower:
     """Shared machinery: tracks, catch-up reads, and turning hub events into client events."""
@@ -227,14 +232,9 @@ class Follower:
         data = {"message_id": track.message_id, "offset": start, "text": text}
         return Out("delta", data, self.event_id(track.message_id, track.offset))
 
-    def read(self, message_id: UUID, offset: int) -> TextFrom | None:
-        """The message's committed text after offset, from the database."""
-        with wrap_exceptions(), self.pool.connection() as conn:
-            return message_rows.text_from(conn, message_id, offset)
-
     def catch_up(self, track: Track, state: TextFrom | None = None) -> list[Out]:
         """Everything committed after the track's offset as one delta, and `done` if it ended."""
-        state = state or self.read(track.message_id, track.offset)
+        state = state or self.sources.read(track.message_id, track.offset)
         if state is None:  # deleted
             track.done = True
             return []
@@ -259,7 +259,7 @@ class MessageFollower(Follower):
         """Subscribe and read; raises InvalidRequest for an offset past the committed text."""
         self.sub = self.hub.subscribe(message_id)
         try:
-            state = self.read(message_id, offset)
+            state = self.sources.read(message_id, offset)
             assert state is not None, "the caller checked the message exists"
             if offset > state.content_length:
                 raise InvalidRequest(

@@ -35,7 +35,8 @@ from chatsvc.config import Settings
 from chatsvc.engine import events
 from chatsvc.engine.answers import Answerer
 from chatsvc.engine.background import Background
-from chatsvc.engine.checkpoint import Checkpointer, Ending, Stream
+from chatsvc.engine.checkpoint import Checkpointer
+from chatsvc.engine.stream import Ending, State, Stream
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,10 @@ class Reaper(Background):
                 self.answerer.start(stream, resumed=True)
             else:
                 log.info("interrupting %s at offset %d", claim.id, claim.content_length)
+                stream.move(
+                    State.ENDING, Ending("interrupted", called=False, error=self._why(claim))
+                )
                 self.checkpointer.adopt(stream)
-                stream.ending = Ending("interrupted", called=False, error=self._why(claim))
         return len(claims)
 
     def _resumes(self, claim: Claim) -> bool:

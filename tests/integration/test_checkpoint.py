@@ -11,7 +11,8 @@ import gevent.queue
 import psycopg
 
 from chatsvc.engine import events
-from chatsvc.engine.checkpoint import Checkpointer, Ending, Stream
+from chatsvc.engine.checkpoint import Checkpointer
+from chatsvc.engine.stream import Ending, State, Stream
 from tests.support import TEST_SETTINGS
 
 
@@ -39,8 +40,9 @@ def test_a_batch_is_committed_and_notified_in_payloads_under_the_limit(
     rng = random.Random(3)
     alphabet = ["a", "é", "漢", "😀", "\n", '"', "\\", "\x01", "\u2028"]
     texts = {s: "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 300))) for s in streams}
-    texts[streams[0]] = "x" * 5000  # too large to travel in a notification
+    texts[streams[0]] = "x" * events.MAX_ITEM_BYTES  # too large to travel in a notification
     texts[streams[1]] = "\x02" * 700  # escapes to six bytes a character
+    texts[streams[2]] = "\x02" * 1400  # too large once escaped
     published: list[events.Event] = []
     checkpointer = Checkpointer(db_url, TEST_SETTINGS, published.extend)
     for stream in streams:
@@ -48,7 +50,7 @@ def test_a_batch_is_committed_and_notified_in_payloads_under_the_limit(
         checkpointer.append(stream, texts[stream])
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN chatsvc")
-        checkpointer._commit(checkpointer._connection(), list(streams))
+        checkpointer.checkpoint_once()
         notices = list(listener.notifies(timeout=2))
     checkpointer.stop()
 
@@ -68,6 +70,8 @@ def test_a_batch_is_committed_and_notified_in_payloads_under_the_limit(
         assert event.text in (texts[stream], None)
         assert stream.committed == len(texts[stream]) and not stream.pending
     assert by_message[streams[0].message_id].text is None
+    assert by_message[streams[1].message_id].text == texts[streams[1]]
+    assert by_message[streams[2].message_id].text is None
     assert sum(e.text is not None for e in by_message.values()) > 70
     local = {e.message_id: e.text for e in published if isinstance(e, events.Delta)}
     assert local == {s.message_id: texts[s] for s in streams}  # locally, always the text
@@ -86,12 +90,12 @@ def test_a_fenced_stream_is_neither_written_nor_notified(
         checkpointer.append(stream, "text")
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN chatsvc")
-        checkpointer._commit(checkpointer._connection(), [ours, theirs])
+        checkpointer.checkpoint_once()
         notices = list(listener.notifies(timeout=1))
     checkpointer.stop()
     received = [e for n in notices for e in events.decode(n.payload)]
     assert [e.message_id for e in received if isinstance(e, events.Delta)] == [ours.message_id]
-    assert theirs.lost and theirs.message_id not in checkpointer.streams
+    assert theirs.state is State.LOST and theirs.message_id not in checkpointer.streams
     chunks = conn.execute("SELECT message_id FROM message_chunks").fetchall()
     assert chunks == [(UUID(str(ours.message_id)),)]
 

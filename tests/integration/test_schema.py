@@ -8,7 +8,7 @@ import gevent
 import psycopg
 import pytest
 
-from chatsvc.engine import migrations
+from chatsvc.engine import events, migrations
 from tests.conftest import database_url, drop_database
 
 SCHEMA_QUERY = """
@@ -160,7 +160,8 @@ def test_psql_cancel_update_notifies_the_owner(conn: psycopg.Connection[Any], db
         conn.execute("UPDATE messages SET cancel_requested_at = now() WHERE id = %s", (message,))
         notices = list(listener.notifies(timeout=2, stop_after=1))
     assert len(notices) == 1
-    assert notices[0].payload == f'[["c", "{conversation}", "{message}"]]'
+    # The one producer of events written in a migration: it speaks events.py's format.
+    assert events.decode(notices[0].payload) == [events.CancelRequested(conversation, message)]
 
 
 def test_deleting_a_streaming_answer_deletes_its_chunks(conn: psycopg.Connection[Any]) -> None:

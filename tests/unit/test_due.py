@@ -1,0 +1,66 @@
+"""The checkpointer's schedule: which streams the next commit takes, and how long it sleeps."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+import pytest
+
+from chatsvc.engine.checkpoint import due
+from chatsvc.engine.stream import Ending, State, Stream
+
+NOW = 1000.0
+RENEW = 1.0
+
+
+def _stream(*, renewed_ago: float = 0.0, pending: str = "", checkpointed_ago: float = 99) -> Stream:
+    stream = Stream(uuid4(), uuid4(), None, "m", epoch=1, committed=0)
+    stream.renewed_at = NOW - renewed_ago
+    stream.checkpointed_at = NOW - checkpointed_ago
+    stream.pending = [pending] if pending else []
+    return stream
+
+
+@pytest.mark.parametrize("min_interval", [0.0, 0.5])
+def test_ending_and_releasing_streams_are_always_due(min_interval: float) -> None:
+    ending, releasing = _stream(checkpointed_ago=0), _stream(checkpointed_ago=0)
+    ending.move(State.ENDING, Ending("completed"))
+    releasing.move(State.RELEASING)
+    idle = _stream(renewed_ago=0.25)
+    batch, wait = due([ending, releasing, idle], NOW, RENEW, min_interval)
+    assert batch == [ending, releasing]
+    assert wait == pytest.approx(0.75)  # the idle stream's renewal
+
+
+def test_pending_text_is_due_at_once_without_a_minimum_interval() -> None:
+    stream = _stream(pending="a", checkpointed_ago=0)
+    assert due([stream], NOW, RENEW, 0.0)[0] == [stream]
+
+
+def test_a_minimum_interval_holds_text_back_until_it_has_passed() -> None:
+    held = _stream(pending="a", checkpointed_ago=0.1)
+    ready = _stream(pending="b", checkpointed_ago=0.5)
+    batch, wait = due([held, ready], NOW, RENEW, 0.5)
+    assert batch == [ready]
+    assert wait == pytest.approx(0.4)
+    assert due([held], NOW + 0.4, RENEW, 0.5)[0] == [held]
+
+
+def test_a_lease_is_renewed_every_renew_interval_even_without_text() -> None:
+    stale = _stream(renewed_ago=RENEW)
+    fresh = _stream(renewed_ago=0.9)
+    batch, wait = due([stale, fresh], NOW, RENEW, 0.0)
+    assert batch == [stale]
+    assert wait == pytest.approx(0.1)
+
+
+def test_a_renewal_is_due_even_while_text_is_held_back() -> None:
+    stream = _stream(renewed_ago=RENEW, pending="a", checkpointed_ago=0)
+    assert due([stream], NOW, RENEW, 0.5)[0] == [stream]
+
+
+def test_with_nothing_to_do_it_sleeps_a_renew_interval_and_never_zero() -> None:
+    assert due([], NOW, RENEW, 0.0) == ([], RENEW)
+    # A renewal overdue by the time of the call still sleeps a little, not a negative time.
+    (batch, wait) = due([_stream(renewed_ago=RENEW - 1e-9)], NOW, RENEW, 0.0)
+    assert batch == [] and 0 < wait <= 0.001

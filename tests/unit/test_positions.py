@@ -1,0 +1,65 @@
+"""Stream positions as clients send them back: one strict spelling, and cursors that round-trip."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+import pytest
+
+from chatsvc.engine.positions import MAX_DIGITS, Cursor, parse_offset
+from chatsvc.errors import InvalidRequest
+
+
+@pytest.mark.parametrize(
+    ("raw", "offset"), [("0", 0), ("5", 5), ("007", 7), ("9" * 12, 10**12 - 1)]
+)
+def test_plain_ascii_digits_are_an_offset(raw: str, offset: int) -> None:
+    assert parse_offset(raw, "offset") == offset
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "+5",
+        "-1",
+        "1_0",
+        " 5",
+        "5 ",
+        "5\n",
+        "٣",
+        "\uff15",  # fullwidth five
+        "1.0",
+        "1e3",
+        "0x1",
+    ],
+)
+def test_anything_else_is_refused_naming_the_parameter(raw: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"^offset must be a non-negative integer"):
+        parse_offset(raw, "offset")
+
+
+def test_thirteen_digits_are_too_many() -> None:
+    assert MAX_DIGITS == 12
+    with pytest.raises(InvalidRequest):
+        parse_offset("1" * 13, "offset")
+
+
+def test_a_cursor_round_trips() -> None:
+    cursor = Cursor(uuid4(), 42)
+    assert str(cursor) == f"{cursor.message_id}:42"
+    assert Cursor.parse(str(cursor)) == cursor
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "42", ":42", "not-a-uuid:42", f"{uuid4()}", f"{uuid4()}:"], ids=repr
+)
+def test_a_cursor_without_a_message_id_is_refused(raw: str) -> None:
+    with pytest.raises(InvalidRequest):
+        Cursor.parse(raw)
+
+
+@pytest.mark.parametrize("offset", ["+5", "-1", "1_0", " 5", "٣", "1" * 13])
+def test_a_cursor_offset_follows_the_same_strict_rule(offset: str) -> None:
+    with pytest.raises(InvalidRequest, match="offset in Last-Event-ID"):
+        Cursor.parse(f"{uuid4()}:{offset}")
