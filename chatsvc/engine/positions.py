@@ -46,3 +46,38 @@ class Cursor:
 
     def __str__(self) -> str:
         return f"{self.message_id}:{self.offset}"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a client is in an answer: its text, its reasoning, and its tool changes.
+
+    An answer of text alone is positioned by a bare offset in its content, as
+    it always was. Once an answer has reasoning or tool parts, every event's id
+    is `<content>.<reasoning>.<tools>`: code points of text and of reasoning
+    sent, and how many changes of its tool parts were sent. A bare integer
+    always means a content offset with nothing else sent yet.
+    """
+
+    content: int
+    reasoning: int = 0
+    tools: int = 0
+    composite: bool = False
+
+    @classmethod
+    def parse(cls, raw: str, name: str) -> Position:
+        """A bare offset or `<content>.<reasoning>.<tools>`; InvalidRequest naming `name`."""
+        fields = raw.split(".")
+        if len(fields) == 1:
+            return cls(parse_offset(raw, name))
+        if len(fields) != 3:
+            raise InvalidRequest(
+                f"{name} must be an offset or '<content>.<reasoning>.<tools>' as sent by a stream."
+            )
+        content, reasoning, tools = (parse_offset(field, name) for field in fields)
+        return cls(content, reasoning, tools, composite=True)
+
+    def __str__(self) -> str:
+        if not self.composite:
+            return str(self.content)
+        return f"{self.content}.{self.reasoning}.{self.tools}"

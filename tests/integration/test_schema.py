@@ -16,6 +16,7 @@ SELECT table_name, column_name, data_type, is_nullable, column_default
 FROM information_schema.columns WHERE table_schema = 'public'
 ORDER BY table_name, ordinal_position
 """
+MIGRATIONS = ["0001.initial", "0002.parts-and-tools"]
 INDEX_QUERY = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
 
 
@@ -34,25 +35,27 @@ def empty_db(pg_server: str) -> Any:
 
 
 def test_upgrade_twice_is_a_noop_the_second_time(empty_db: str) -> None:
-    assert migrations.upgrade(empty_db) == ["0001.initial"]
+    assert migrations.upgrade(empty_db) == MIGRATIONS
     first = _schema(empty_db)
     assert migrations.upgrade(empty_db) == []
     assert _schema(empty_db) == first
-    assert [(m.id, m.applied) for m in migrations.status(empty_db)] == [("0001.initial", True)]
+    assert [(m.id, m.applied) for m in migrations.status(empty_db)] == [
+        (m, True) for m in MIGRATIONS
+    ]
 
 
 def test_concurrent_upgrades_apply_each_migration_once(empty_db: str) -> None:
     results = [gevent.spawn(migrations.upgrade, empty_db) for _ in range(4)]
     gevent.joinall(results, raise_error=True)
     applied = [r.value for r in results]
-    assert sorted(applied, key=len) == [[], [], [], ["0001.initial"]]
+    assert sorted(applied, key=len) == [[], [], [], MIGRATIONS]
     with psycopg.connect(empty_db) as conn:
         assert migrations.pending(conn) == []
 
 
 def test_pending_lists_unapplied_migrations(empty_db: str) -> None:
     with psycopg.connect(empty_db) as conn:
-        assert migrations.pending(conn) == ["0001.initial"]
+        assert migrations.pending(conn) == MIGRATIONS
 
 
 def _columns(conn: psycopg.Connection[Any], table: str) -> set[str]:

@@ -6,7 +6,7 @@ from uuid import uuid4
 
 import pytest
 
-from chatsvc.engine.positions import MAX_DIGITS, Cursor, parse_offset
+from chatsvc.engine.positions import MAX_DIGITS, Cursor, Position, parse_offset
 from chatsvc.errors import InvalidRequest
 
 
@@ -63,3 +63,17 @@ def test_a_cursor_without_a_message_id_is_refused(raw: str) -> None:
 def test_a_cursor_offset_follows_the_same_strict_rule(offset: str) -> None:
     with pytest.raises(InvalidRequest, match="offset in Last-Event-ID"):
         Cursor.parse(f"{uuid4()}:{offset}")
+
+
+def test_a_position_is_a_bare_offset_or_three_fields() -> None:
+    assert Position.parse("42", "offset") == Position(42)
+    assert str(Position(42)) == "42"
+    composite = Position.parse("42.7.3", "Last-Event-ID")
+    assert composite == Position(42, 7, 3, composite=True)
+    assert str(composite) == "42.7.3"
+
+
+@pytest.mark.parametrize("raw", ["1.2", "1.2.3.4", "1..3", "1.+2.3", "1.2.x", ".1.2", "1.2. 3"])
+def test_a_malformed_position_is_refused(raw: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"^Last-Event-ID must be"):
+        Position.parse(raw, "Last-Event-ID")
