@@ -20,7 +20,7 @@ from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, TypeAdapter
 
 from chatsvc.errors import ApiError, UnsupportedMediaType
-from chatsvc.web import schemas
+from chatsvc.web import parsing
 from chatsvc.web.context import runtime
 
 # required: 401 without credentials; optional: credentials are read if sent; none: never.
@@ -111,17 +111,17 @@ def requires_auth(endpoint: str | None) -> bool:
     return endpoint not in _PUBLIC
 
 
-def parse_body(model: type[schemas.M]) -> schemas.M:
+def parse_body(model: type[parsing.M]) -> parsing.M:
     """The request's JSON body as `model`; 415, 400, 413 or 422 otherwise."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType()
-    data = schemas.parse_json(request.get_data(cache=False))
-    return schemas.parse(model, data, runtime().settings)
+    data = parsing.parse_json(request.get_data(cache=False))
+    return parsing.parse(model, data, runtime().settings)
 
 
-def parse_query(model: type[schemas.M]) -> schemas.M:
+def parse_query(model: type[parsing.M]) -> parsing.M:
     """The request's query parameters as `model`; 400 otherwise."""
-    return schemas.parse(model, request.args.to_dict())
+    return parsing.parse(model, request.args.to_dict())
 
 
 def _respond(op: Operation, result: Any) -> Response:

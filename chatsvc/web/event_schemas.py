@@ -14,7 +14,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatsvc.engine.messages import STATUSES, Message
-from chatsvc.web.schemas import Body, MessageContent, Offset, Text
+from chatsvc.web.parsing import Body, MessageContent, Offset, Text
 
 Status = Annotated[str, Field(json_schema_extra={"enum": list(STATUSES)})]
 

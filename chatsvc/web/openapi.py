@@ -278,8 +278,12 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
     ]
     if op.query is not None:
         properties = TypeAdapter(op.query).json_schema(schema_generator=_Generator)["properties"]
-        for name, schema in properties.items():
-            description = schema.pop("description", name)
+        for name, prop in properties.items():
+            description = prop.pop("description", name)
+            if "default" in prop and prop["default"] is None:
+                del prop["default"]
+            # A query says "null" by leaving the parameter out.
+            schema = next((s for s in prop.get("anyOf", []) if s != {"type": "null"}), prop)
             found.append(
                 {"name": name, "in": "query", "description": description, "schema": schema}
             )

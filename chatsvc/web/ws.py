@@ -48,7 +48,7 @@ from chatsvc.web.event_schemas import (
     SendFrame,
     SubscribeFrame,
 )
-from chatsvc.web.schemas import parse, parse_json
+from chatsvc.web.parsing import parse, parse_json
 
 log = logging.getLogger(__name__)
 
