@@ -360,7 +360,10 @@ def _page() -> dict[str, Any]:
                 "description": PAGE_DESCRIPTION,
                 "content": {"text/html": {"schema": {"type": "string"}}},
             },
-            "404": {"description": "No such conversation, or not visible to the caller."},
+            "404": {
+                "description": "No such conversation, or not visible to the caller.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            },
         },
     }
 
