@@ -17,11 +17,12 @@ from functools import cache, wraps
 from typing import Any, Literal, TypeVar
 
 from flask import Blueprint, Response, jsonify, request
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 from chatsvc.errors import ApiError, UnsupportedMediaType
 from chatsvc.web import parsing
 from chatsvc.web.context import runtime
+from chatsvc.web.parsing import Request
 
 # required: 401 without credentials; optional: credentials are read if sent; none: never.
 Auth = Literal["required", "optional", "none"]
@@ -38,8 +39,8 @@ class Operation:
     tag: str
     summary: str
     path_params: dict[str, bool]  # name → whether it is a UUID
-    body: type[BaseModel] | None
-    query: type[BaseModel] | None
+    body: type[Request] | None
+    query: type[Request] | None
     response: Any
     status: int
     responses: dict[int, str]
@@ -58,8 +59,8 @@ def route(
     method: str,
     rule: str,
     *,
-    body: type[BaseModel] | None = None,
-    query: type[BaseModel] | None = None,
+    body: type[Request] | None = None,
+    query: type[Request] | None = None,
     response: Any = None,
     status: int = 200,
     responses: dict[int, str] | None = None,

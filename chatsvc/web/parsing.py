@@ -30,7 +30,7 @@ from chatsvc.config import Settings
 from chatsvc.engine.positions import parse_offset
 from chatsvc.errors import ApiError, InvalidJson, InvalidRequest, TooLarge, ValidationError
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound="Request")
 
 # --- field types ------------------------------------------------------------------
 
@@ -91,34 +91,48 @@ Offset = Annotated[int, BeforeValidator(_offset), Field(ge=0)]
 # --- parsing --------------------------------------------------------------------
 
 
-class Body(BaseModel):
-    """A JSON object with exactly these fields; a null value counts as absent."""
+class Request(BaseModel):
+    """Values a client sent; `absent` says which count as not sent at all."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
     error: ClassVar[type[ApiError]] = ValidationError
     noun: ClassVar[str] = "Field"
 
+    @classmethod
+    def absent(cls, name: str, value: Any) -> bool:
+        """Whether this value means the same as leaving the field out."""
+        return False
+
     @model_validator(mode="before")
     @classmethod
-    def _null_is_absent(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
+    def _drop_absent(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            return {k: v for k, v in data.items() if not cls.absent(k, v)}
         return data
 
 
-class Query(BaseModel):
+class Body(Request):
+    """A JSON object with exactly these fields; a null value counts as absent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def absent(cls, name: str, value: Any) -> bool:
+        """A null known field (a null unknown one is still unknown)."""
+        return value is None and name in cls.model_fields
+
+
+class Query(Request):
     """Query parameters; an empty value counts as absent, unknown ones are ignored."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    error: ClassVar[type[ApiError]] = InvalidRequest
-    noun: ClassVar[str] = "Query parameter"
+    model_config = ConfigDict(extra="ignore")
+    error = InvalidRequest
+    noun = "Query parameter"
 
-    @model_validator(mode="before")
     @classmethod
-    def _empty_is_absent(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            return {k: v for k, v in data.items() if v != ""}
-        return data
+    def absent(cls, name: str, value: Any) -> bool:
+        """An empty parameter (`?before=`)."""
+        return isinstance(value, str) and not value
 
 
 # What follows "Field 'x' " in the message for each pydantic error type.
@@ -155,10 +169,9 @@ def parse(model: type[M], data: Any, settings: Settings | None = None) -> M:
         raise _translate(model, exc) from None
 
 
-def _translate(model: type[BaseModel], exc: pydantic.ValidationError) -> ApiError:
+def _translate(model: type[Request], exc: pydantic.ValidationError) -> ApiError:
     errors = exc.errors(include_url=False)
-    error_class: type[ApiError] = getattr(model, "error", ValidationError)
-    noun: str = getattr(model, "noun", "Field")
+    error_class, noun = model.error, model.noun
     unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
     if unknown:
         return error_class(f"Unknown field {unknown[0]!r}.")
