@@ -94,13 +94,9 @@ class Connection:
         self.follows: dict[tuple[str, UUID], gevent.Greenlet] = {}
         self.sent_answers: set[UUID] = set()
         self.tokens_used = 0
-        # Each handler takes the frame validated as CLIENT_FRAMES[type].
+        # `on_<type>` handles a frame validated as CLIENT_FRAMES[type].
         self.handlers: dict[str, Callable[[Any], None]] = {
-            "auth": self.on_auth,
-            "subscribe": self.on_subscribe,
-            "send": self.on_send,
-            "cancel": self.on_cancel,
-            "join_project": self.on_join_project,
+            kind: getattr(self, f"on_{kind}") for kind in CLIENT_FRAMES
         }
 
     def run(self) -> None:

@@ -116,9 +116,9 @@ class Contract:
             if "allOf" in schema:  # `type` plus an SSE event's data
                 event, kind = schema["allOf"]
                 self.validate(frame["type"], kind["properties"]["type"])
-                frame = {k: v for k, v in frame.items() if k != "type"}
-                schema = event
-            self.validate(frame, schema)
+                self.validate({k: v for k, v in frame.items() if k != "type"}, event)
+            else:
+                self.validate(frame, schema)
         self.seen.add(("/api/ws", "get", "101"))
 
 

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
+from chatsvc.engine.followers import ROOM_EVENTS
 from chatsvc.web import api, health
+from chatsvc.web.event_schemas import PROJECT_EVENTS
 from chatsvc.web.openapi import document
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
@@ -82,3 +84,7 @@ def test_sse_routes_declare_their_events(spec: dict[str, Any]) -> None:
     for path, names in streams.items():
         content = spec["paths"][path]["get"]["responses"]["200"]["content"]
         assert set(content["text/event-stream"]["x-sse-events"]) == names, path
+
+
+def test_the_room_events_declared_are_the_ones_the_follower_sends() -> None:
+    assert set(PROJECT_EVENTS) == set(ROOM_EVENTS)
