@@ -159,17 +159,27 @@ SSE_HEADERS = {
         "schema": {"type": "string"},
     },
 }
-SSE_EXAMPLE = doc("""
-    retry: 1000
-
-    event: delta
-    id: 12
-    data: {"message_id":"…","offset":0,"text":"Hello there!"}
-
-    event: done
-    id: 12
-    data: {"message_id":"…","status":"completed","content_length":12,"usage":{…}}
-""")
+SSE_EXAMPLES = {
+    "message_stream": (
+        "retry: 1000\n\n"
+        "event: delta\nid: 12\n"
+        'data: {"message_id":"…","offset":0,"text":"Hello there!"}\n\n'
+        "event: done\nid: 12\n"
+        'data: {"message_id":"…","status":"completed","content_length":12,"usage":{…}}\n\n'
+    ),
+    "conversation_stream": (
+        "retry: 1000\n\n"
+        "event: message\nid: 3f2c…:0\n"
+        'data: {"id":"3f2c…","role":"assistant","status":"streaming","content":"",…}\n\n'
+        "event: delta\nid: 3f2c…:5\n"
+        'data: {"message_id":"3f2c…","offset":0,"text":"Hello"}\n\n'
+    ),
+    "project_events": (
+        "retry: 1000\n\n"
+        "event: stream.started\n"
+        'data: {"project_id":"…","conversation_id":"…","message_id":"…","user_id":"…"}\n\n'
+    ),
+}
 
 WEBSOCKET_DESCRIPTION = doc("""
     Upgrade to a WebSocket carrying the same operations as JSON frames with a `type`
@@ -214,7 +224,6 @@ def _declared_types(ops: list[Operation]) -> list[tuple[Any, JsonSchemaMode]]:
         found += [(t, "serialization") for t in (op.events or {}).values()]
     found += [(t, "validation") for t in event_schemas.CLIENT_FRAMES.values()]
     found += [(t, "serialization") for t in event_schemas.SERVER_FRAMES.values()]
-    found += [(t, "serialization") for t in event_schemas.PROJECT_EVENTS.values()]
     return list(dict.fromkeys(found))
 
 
@@ -255,7 +264,11 @@ def _success(op: Operation, status: int, description: str, refs: dict[Any, Any])
             "description": description,
             "headers": SSE_HEADERS,
             "content": {
-                EVENT_STREAM: {"schema": stream, "example": SSE_EXAMPLE, "x-sse-events": events}
+                EVENT_STREAM: {
+                    "schema": stream,
+                    "example": SSE_EXAMPLES.get(op.operation_id, ""),
+                    "x-sse-events": events,
+                }
             },
         }
     if op.response is not None:
