@@ -64,12 +64,13 @@ def list_conversations(query: schemas.ConversationsQuery) -> dict[str, Any]:
     response=schemas.ConversationWithMessages,
     errors=(NotFound,),
 )
-def get_conversation(conversation_id: UUID) -> dict[str, Any]:
+def get_conversation(conversation_id: UUID) -> schemas.ConversationWithMessages:
     """A conversation and its messages, streaming answers with their checkpointed text."""
     with connection() as conn:
         conversation = conversations.get_visible(conn, current_user().id, conversation_id)
         rows = message_rows.in_conversation(conn, conversation_id)
-    return {**schemas.Conversation.model_validate(conversation).model_dump(), "messages": rows}
+    summary = schemas.Conversation.model_validate(conversation)
+    return schemas.ConversationWithMessages(**dict(summary), messages=rows)
 
 
 @route(bp, "DELETE", "/conversations/<uuid:conversation_id>", status=204, errors=(NotFound,))
