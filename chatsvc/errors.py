@@ -74,13 +74,6 @@ class StreamActive(ApiError):
     code = "stream_active"
 
 
-class Conflict(ApiError):
-    """The request conflicts with the current state."""
-
-    status = 409
-    code = "conflict"
-
-
 class TooLarge(ApiError):
     """The request is too large."""
 

@@ -1,4 +1,8 @@
-"""Sending a message and cancelling an answer: the one path HTTP and WebSocket share."""
+"""The commands that change data and tell the other processes: HTTP and WebSocket share them.
+
+Each writes its rows and queues its NOTIFY events in one transaction, so a change
+and its announcement are committed together.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ from uuid import UUID
 
 from psycopg import Connection
 
-from chatsvc.engine import conversations, events, users
+from chatsvc.engine import conversations, events, projects, users
 from chatsvc.engine import messages as message_rows
 from chatsvc.engine.conversations import Conversation
 from chatsvc.engine.messages import Exchange, Message
+from chatsvc.engine.projects import Project
 from chatsvc.engine.runtime import Runtime
 from chatsvc.engine.stream import Stream
 from chatsvc.engine.users import User
@@ -24,23 +29,6 @@ class Sent:
 
     exchange: Exchange
     created: bool
-
-    def to_json(self) -> dict[str, Any]:
-        """The body of POST /api/conversations/{id}/messages."""
-        answer = self.exchange.assistant_message
-        return {
-            "user_message": self.exchange.user_message.to_json(),
-            "assistant_message": answer.to_json(),
-            "stream_url": f"/api/messages/{answer.id}/stream",
-        }
-
-
-def visible(conn: Connection[Any], user: User, conversation_id: UUID) -> Conversation:
-    """A conversation the user may see, or NotFound."""
-    conversation = conversations.get(conn, user.id, conversation_id)
-    if conversation is None:
-        raise NotFound("No such conversation.")
-    return conversation
 
 
 def send(
@@ -56,7 +44,7 @@ def send(
     if rt.hub.closing:
         raise Unavailable("This server is shutting down; retry on another.")
     with wrap_exceptions(), rt.pool.connection() as conn:
-        conversation = visible(conn, user, conversation_id)
+        conversation = conversations.get_visible(conn, user.id, conversation_id)
         if client_message_id is not None:
             earlier = message_rows.exchange_by_client_id(conn, conversation_id, client_message_id)
             if earlier is not None:
@@ -102,7 +90,7 @@ def send(
 def cancel_conversation(rt: Runtime, user: User, conversation_id: UUID) -> Message:
     """Cancel the active answer; with none, the latest answer as it is (idempotent)."""
     with wrap_exceptions(), rt.pool.connection() as conn:
-        visible(conn, user, conversation_id)
+        conversations.get_visible(conn, user.id, conversation_id)
         active = message_rows.active_in(conn, conversation_id)
         if active is not None:
             return message_rows.request_cancel(conn, active.id) or active
@@ -117,9 +105,74 @@ def cancel_conversation(rt: Runtime, user: User, conversation_id: UUID) -> Messa
 def cancel_message(rt: Runtime, user: User, message_id: UUID) -> Message:
     """Record the intent to cancel an answer; its owner stops within a checkpoint interval."""
     with wrap_exceptions(), rt.pool.connection() as conn:
-        message = message_rows.get(conn, user.id, message_id)
-        if message is None:
-            raise NotFound("No such message.")
+        message = message_rows.get_visible(conn, user.id, message_id)
         if message.is_streaming:
             message = message_rows.request_cancel(conn, message_id) or message
         return message
+
+
+def create_conversation(
+    conn: Connection[Any], user: User, project_id: UUID | None, title: str
+) -> Conversation:
+    """Create a conversation, private or in a project the user belongs to; tell the room."""
+    if project_id is not None:
+        projects.get_member_project(conn, user.id, project_id)
+    conversation = conversations.create(conn, user.id, project_id, title)
+    if project_id is not None:
+        room_event = events.project_event(
+            project_id,
+            "conversation.created",
+            conversation_id=conversation.id,
+            title=conversation.title,
+            user_id=user.id,
+            created_at=conversation.created_at,
+        )
+        events.send(conn, [room_event])
+    return conversation
+
+
+def delete_conversation(conn: Connection[Any], user: User, conversation_id: UUID) -> None:
+    """Delete a conversation the user may see, cancelling its active answer first."""
+    conversation = conversations.get_visible(conn, user.id, conversation_id)
+    active = message_rows.active_in(conn, conversation_id)
+    outbox: list[events.Event] = []
+    if active is not None:
+        message_rows.request_cancel(conn, active.id)
+        outbox.append(
+            events.Finished(
+                conversation_id, active.id, "cancelled", active.content_length, None, None
+            )
+        )
+    conversations.delete(conn, conversation_id)
+    outbox.append(events.ConversationDeleted(conversation_id))
+    if conversation.project_id is not None:
+        outbox.append(
+            events.project_event(
+                conversation.project_id, "conversation.deleted", conversation_id=conversation_id
+            )
+        )
+    events.send(conn, outbox)
+
+
+def add_member(
+    conn: Connection[Any], user: User, project_id: UUID, name: str
+) -> tuple[Project, bool]:
+    """Add a member by user name (any member may); the project, and whether they were added."""
+    projects.get_member_project(conn, user.id, project_id)
+    member = users.user_by_name(conn, name)
+    if member is None:
+        raise NotFound(f"No user named {name!r}.")
+    added = projects.add_member(conn, project_id, member.id)
+    if added:
+        events.send(conn, [events.project_event(project_id, "member.added", user_id=member.id)])
+    return projects.get_member_project(conn, user.id, project_id), added
+
+
+def remove_member(conn: Connection[Any], user: User, project_id: UUID, name: str) -> None:
+    """Remove a member by user name (any member may, themselves included)."""
+    projects.get_member_project(conn, user.id, project_id)
+    member = users.user_by_name(conn, name)
+    if member is None or not projects.remove_member(conn, project_id, member.id):
+        raise NotFound(f"{name!r} is not a member of this project.")
+    # Open project streams of the removed member end: they get nothing more.
+    events.send(conn, [events.project_event(project_id, "member.removed", user_id=member.id)])

@@ -10,6 +10,8 @@ from uuid import UUID
 from psycopg import Connection
 from psycopg.rows import class_row
 
+from chatsvc.errors import NotFound
+
 # A private conversation is visible to its creator; a project's to every member.
 VISIBLE_TO = """(c.user_id = %(user)s OR c.project_id IN
     (SELECT pm.project_id FROM project_members pm WHERE pm.user_id = %(user)s))"""
@@ -30,18 +32,6 @@ class Conversation:
     def is_streaming(self) -> bool:
         """Whether an answer is being written."""
         return self.active_message_id is not None
-
-    def to_json(self) -> dict[str, Any]:
-        """The API representation."""
-        return {
-            "id": self.id,
-            "user_id": self.user_id,
-            "project_id": self.project_id,
-            "title": self.title,
-            "created_at": self.created_at,
-            "is_streaming": self.is_streaming,
-            "active_message_id": self.active_message_id,
-        }
 
 
 _COLUMNS = """c.id, c.user_id, c.project_id, c.title, c.created_at,
@@ -71,6 +61,14 @@ def get(conn: Connection[Any], user_id: UUID, conversation_id: UUID) -> Conversa
     """A conversation the user may see."""
     cur = conn.cursor(row_factory=class_row(Conversation))
     return cur.execute(SELECT_CONVERSATION, {"id": conversation_id, "user": user_id}).fetchone()
+
+
+def get_visible(conn: Connection[Any], user_id: UUID, conversation_id: UUID) -> Conversation:
+    """A conversation the user may see, or NotFound."""
+    conversation = get(conn, user_id, conversation_id)
+    if conversation is None:
+        raise NotFound("No such conversation.")
+    return conversation
 
 
 SELECT_PAGE = f"""

@@ -2,40 +2,61 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import psycopg
 from psycopg import Connection
 from psycopg.rows import class_row
+from pydantic import Field
 
 from chatsvc.engine.conversations import VISIBLE_TO
-from chatsvc.errors import StreamActive, unique_violation_of
+from chatsvc.errors import NotFound, StreamActive, unique_violation_of
 
-TERMINAL = ("completed", "cancelled", "failed", "interrupted")
+STATUSES = ("streaming", "completed", "cancelled", "failed", "interrupted")
+
+
+def _doc(description: str, **schema: Any) -> Any:
+    """Field metadata for the API description (the web layer derives its schema from Message)."""
+    return Field(description=description, json_schema_extra=schema or None)
 
 
 @dataclass(frozen=True)
 class Message:
-    """A message as the database has it; a streaming answer carries its checkpointed text."""
+    """A message as the database has it, with its true status and content."""
 
+    # These fields are the message's wire format, for HTTP, SSE and WebSocket alike.
     id: UUID
     conversation_id: UUID
-    role: str
-    status: str
-    content: str
-    content_length: int
-    epoch: int
-    model: str | None
-    usage: dict[str, Any] | None
-    error: str | None
+    role: Annotated[str, _doc("Who wrote it.", enum=["user", "assistant"])]
+    status: Annotated[
+        str,
+        _doc(
+            "`streaming` is the only non-terminal status; a terminal message never changes.",
+            enum=list(STATUSES),
+        ),
+    ]
+    content: Annotated[
+        str,
+        _doc(
+            "The whole text of a finished message; while streaming, the checkpointed text so far."
+        ),
+    ]
+    content_length: Annotated[int, _doc("Length of `content` in Unicode code points.", minimum=0)]
+    epoch: Annotated[int, _doc("Ownership generation; incremented at each takeover.", minimum=0)]
+    model: Annotated[str | None, _doc("An answer's LLM model; null for user messages.")]
+    usage: Annotated[
+        dict[str, Any] | None,
+        _doc("Tokens an answer used: `prompt_tokens`, `completion_tokens` (and `estimated`)."),
+    ]
+    error: Annotated[str | None, _doc("Why an answer failed or was interrupted.")]
     created_at: datetime
-    completed_at: datetime | None
-    client_message_id: str | None
-    reply_to: UUID | None
-    user_id: UUID | None
+    completed_at: Annotated[datetime | None, _doc("When the message reached a terminal status.")]
+    client_message_id: Annotated[str | None, _doc("The sender's idempotency key.")]
+    reply_to: Annotated[UUID | None, _doc("For an answer: the user message it answers.")]
+    user_id: Annotated[UUID | None, _doc("The user who sent it (or asked for the answer).")]
 
     @property
     def is_streaming(self) -> bool:
@@ -43,24 +64,8 @@ class Message:
         return self.status == "streaming"
 
     def to_json(self) -> dict[str, Any]:
-        """The API representation (SPEC section 2)."""
-        return {
-            "id": self.id,
-            "conversation_id": self.conversation_id,
-            "role": self.role,
-            "status": self.status,
-            "content": self.content,
-            "content_length": self.content_length,
-            "epoch": self.epoch,
-            "model": self.model,
-            "usage": self.usage,
-            "error": self.error,
-            "created_at": self.created_at,
-            "completed_at": self.completed_at,
-            "client_message_id": self.client_message_id,
-            "reply_to": self.reply_to,
-            "user_id": self.user_id,
-        }
+        """The wire representation: every field, as declared above."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,14 @@ def get(conn: Connection[Any], user_id: UUID, message_id: UUID) -> Message | Non
     """A message in a conversation the user may see, with its true status and content."""
     cur = conn.cursor(row_factory=class_row(Message))
     return cur.execute(SELECT_MESSAGE, {"id": message_id, "user": user_id}).fetchone()
+
+
+def get_visible(conn: Connection[Any], user_id: UUID, message_id: UUID) -> Message:
+    """A message the user may see, or NotFound."""
+    message = get(conn, user_id, message_id)
+    if message is None:
+        raise NotFound("No such message.")
+    return message
 
 
 SELECT_MESSAGE_BY_ID = f"SELECT {COLUMNS} FROM messages m WHERE m.id = %s"

@@ -10,6 +10,8 @@ from uuid import UUID
 from psycopg import Connection
 from psycopg.rows import class_row
 
+from chatsvc.errors import NotFound
+
 
 @dataclass(frozen=True)
 class Project:
@@ -20,16 +22,6 @@ class Project:
     created_by: UUID
     created_at: datetime
     members: list[str]
-
-    def to_json(self) -> dict[str, Any]:
-        """The API representation."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "created_by": self.created_by,
-            "created_at": self.created_at,
-            "members": self.members,
-        }
 
 
 _PROJECT_COLUMNS = """p.id, p.name, p.created_by, p.created_at,
@@ -64,6 +56,14 @@ def get_project(conn: Connection[Any], user_id: UUID, project_id: UUID) -> Proje
     return cur.execute(SELECT_PROJECT, {"id": project_id, "user": user_id}).fetchone()
 
 
+def get_member_project(conn: Connection[Any], user_id: UUID, project_id: UUID) -> Project:
+    """A project the user is a member of, or NotFound."""
+    project = get_project(conn, user_id, project_id)
+    if project is None:
+        raise NotFound("No such project.")
+    return project
+
+
 SELECT_PROJECTS = f"""
 SELECT {_PROJECT_COLUMNS} FROM projects p
 JOIN project_members m ON m.project_id = p.id AND m.user_id = %s
@@ -94,11 +94,3 @@ DELETE_MEMBER = "DELETE FROM project_members WHERE project_id = %s AND user_id =
 def remove_member(conn: Connection[Any], project_id: UUID, user_id: UUID) -> bool:
     """Remove a member; False when they were not one."""
     return conn.execute(DELETE_MEMBER, (project_id, user_id)).fetchone() is not None
-
-
-SELECT_MEMBER_IDS = "SELECT user_id FROM project_members WHERE project_id = %s"
-
-
-def member_ids(conn: Connection[Any], project_id: UUID) -> set[UUID]:
-    """The ids of a project's members."""
-    return {row[0] for row in conn.execute(SELECT_MEMBER_IDS, (project_id,))}

@@ -30,22 +30,15 @@ class ActiveStream:
     resume_count: int
     model: str | None
 
-    def to_json(self) -> dict[str, Any]:
-        """The API representation (GET /api/streams)."""
-        return {
-            "message_id": self.message_id,
-            "conversation_id": self.conversation_id,
-            "owner": self.owner,
-            "epoch": self.epoch,
-            "started_at": self.started_at,
-            "last_checkpoint_at": self.last_checkpoint_at,
-            "lease_expires_at": self.lease_expires_at,
-            "content_length": self.content_length,
-            "age_s": round(self.age.total_seconds(), 3),
-            "cancel_requested": self.cancel_requested_at is not None,
-            "resume_count": self.resume_count,
-            "model": self.model,
-        }
+    @property
+    def age_s(self) -> float:
+        """Seconds since the answer started, to the millisecond."""
+        return round(self.age.total_seconds(), 3)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Whether someone asked for the answer to stop."""
+        return self.cancel_requested_at is not None
 
 
 @dataclass(frozen=True)
@@ -62,21 +55,6 @@ class ConversationStatus:
     started_at: datetime | None
     last_checkpoint_at: datetime | None
     lease_expires_at: datetime | None
-
-    def to_json(self) -> dict[str, Any]:
-        """The API representation; `message_id` is the latest answer, streaming or not."""
-        return {
-            "conversation_id": self.conversation_id,
-            "is_streaming": self.is_streaming,
-            "active_message_id": self.active_message_id,
-            "message_id": self.message_id,
-            "status": self.status,
-            "content_length": self.content_length,
-            "epoch": self.epoch,
-            "started_at": self.started_at,
-            "last_checkpoint_at": self.last_checkpoint_at,
-            "lease_expires_at": self.lease_expires_at,
-        }
 
 
 _STREAM_COLUMNS = """s.message_id, s.conversation_id, s.owner, s.epoch, s.started_at,

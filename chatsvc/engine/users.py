@@ -26,16 +26,6 @@ class User:
     token_limit: int | None
     created_at: datetime
 
-    def to_json(self) -> dict[str, Any]:
-        """The API representation."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "is_admin": self.is_admin,
-            "token_limit": self.token_limit,
-            "created_at": self.created_at,
-        }
-
 
 @dataclass(frozen=True)
 class Usage:
@@ -54,15 +44,6 @@ class Usage:
     def exhausted(self) -> bool:
         """Whether the user may not start another answer."""
         return self.token_limit is not None and self.total_tokens >= self.token_limit
-
-    def to_json(self) -> dict[str, Any]:
-        """The body of GET /api/usage."""
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-            "token_limit": self.token_limit,
-        }
 
 
 def new_secret(prefix: str = TOKEN_PREFIX) -> str:

@@ -6,9 +6,10 @@ from flask import Response, g, jsonify, request
 
 from chatsvc.engine import users
 from chatsvc.engine.users import User
-from chatsvc.errors import Unauthorized, wrap_exceptions
-from chatsvc.web.context import runtime
-from chatsvc.web.validation import Field, json_object, text
+from chatsvc.errors import Unauthorized
+from chatsvc.web import schemas
+from chatsvc.web.context import connection
+from chatsvc.web.declare import serialise
 
 COOKIE = "chatsvc_session"
 
@@ -37,7 +38,7 @@ def _token_user(header: str) -> User:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
-    with wrap_exceptions(), runtime().pool.connection() as conn:
+    with connection() as conn:
         found = users.user_by_token(conn, token.strip())
     if found is None:
         raise Unauthorized("This token is not valid.")
@@ -49,7 +50,7 @@ def _session_user() -> User | None:
     cookie = request.cookies.get(COOKIE)
     if not cookie:
         return None
-    with wrap_exceptions(), runtime().pool.connection() as conn:
+    with connection() as conn:
         return users.user_by_session(conn, cookie)
 
 
@@ -62,16 +63,15 @@ def page_user() -> User | None:
     return current_user()
 
 
-def create_session() -> Response:
+def create_session(token: str) -> Response:
     """POST /api/session: trade an API token for an HttpOnly, SameSite=Strict session cookie."""
-    body = json_object({"token": Field(text(1, 200), required=True)})
-    with wrap_exceptions(), runtime().pool.connection() as conn:
-        found = users.user_by_token(conn, body["token"])
+    with connection() as conn:
+        found = users.user_by_token(conn, token)
         if found is None:
             raise Unauthorized("This token is not valid.")
         user, token_id = found
         secret = users.create_session(conn, user.id, token_id)
-    response = jsonify({"user": user.to_json()})
+    response = jsonify(serialise(schemas.Session, {"user": user}))
     response.status_code = 201
     response.set_cookie(
         COOKIE,
@@ -89,7 +89,7 @@ def end_session() -> Response:
     """DELETE /api/session: sign out of this browser."""
     cookie = request.cookies.get(COOKIE)
     if cookie:
-        with wrap_exceptions(), runtime().pool.connection() as conn:
+        with connection() as conn:
             users.delete_session(conn, cookie)
     response = Response(status=204)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Strict")

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 from flask import current_app
+from psycopg import Connection
 
 from chatsvc.engine.runtime import Runtime
+from chatsvc.errors import wrap_exceptions
 
 
 def runtime() -> Runtime:
     """The Runtime of the current Flask app."""
     rt: Runtime = current_app.extensions["chatsvc"]
     return rt
+
+
+@contextmanager
+def connection(
+    rt: Runtime | None = None, timeout: float | None = None
+) -> Iterator[Connection[Any]]:
+    """A pooled connection (committed on success), with driver errors translated to ApiErrors."""
+    with wrap_exceptions(), (rt or runtime()).pool.connection(timeout=timeout) as conn:
+        yield conn

@@ -1,30 +1,32 @@
-"""Liveness, readiness, metrics and the OpenAPI description."""
+"""Liveness, readiness, metrics and the OpenAPI description (no authentication)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
 from chatsvc.engine import migrations
-from chatsvc.errors import Unavailable, wrap_exceptions
+from chatsvc.errors import Unavailable
 from chatsvc.web import openapi
-from chatsvc.web.context import runtime
+from chatsvc.web.context import connection, runtime
+from chatsvc.web.declare import route
+from chatsvc.web.schemas import Health
 
 bp = Blueprint("health", __name__)
 
 
-@bp.get("/healthz")
-def healthz() -> Response:
-    """The process is alive."""
-    return jsonify({"status": "ok"})
+@route(bp, "GET", "/healthz", response=Health, auth="none")
+def healthz() -> Health:
+    """Liveness: the process is alive."""
+    return Health(status="ok")
 
 
-@bp.get("/readyz")
-def readyz() -> Response:
-    """Ready: the database answers, migrations are current, and events are being received."""
+@route(bp, "GET", "/readyz", response=Health, errors=(Unavailable,), auth="none")
+def readyz() -> Health:
+    """Readiness: the database answers, migrations are current, and events are being received."""
     rt = runtime()
     if rt.hub.closing:
         raise Unavailable("This server is shutting down.")
-    with wrap_exceptions(), rt.pool.connection(timeout=2) as conn:
+    with connection(rt, timeout=2) as conn:
         missing = migrations.pending(conn)
     if missing:
         raise Unavailable(
@@ -32,10 +34,10 @@ def readyz() -> Response:
         )
     if not rt.listener.connected.is_set():
         raise Unavailable("Not yet listening for events.")
-    return jsonify({"status": "ready"})
+    return Health(status="ready")
 
 
-@bp.get("/metrics")
+@route(bp, "GET", "/metrics", media_type="text/plain", auth="none")
 def metrics() -> Response:
     """Prometheus text format, for this process."""
     rt = runtime()
@@ -90,7 +92,7 @@ def metrics() -> Response:
     return Response(text, mimetype="text/plain; version=0.0.4")
 
 
-@bp.get("/openapi.json")
+@route(bp, "GET", "/openapi.json", auth="none")
 def openapi_json() -> Response:
-    """The OpenAPI 3 description of the API."""
-    return jsonify(openapi.SPEC)
+    """This OpenAPI 3.1 description of the API."""
+    return jsonify(openapi.document())

@@ -17,10 +17,10 @@ from flask import Blueprint, Response, render_template, url_for
 
 from chatsvc.engine import conversations
 from chatsvc.engine import messages as message_rows
-from chatsvc.errors import ApiError, NotFound, wrap_exceptions
-from chatsvc.web import auth
-from chatsvc.web.context import runtime
-from chatsvc.web.validation import query_uuid
+from chatsvc.errors import ApiError, NotFound
+from chatsvc.web import auth, schemas
+from chatsvc.web.context import connection
+from chatsvc.web.declare import parse_query
 
 bp = Blueprint("web", __name__)
 
@@ -73,8 +73,8 @@ def index() -> str | tuple[str, int]:
     user = auth.page_user()
     if user is None:
         return _sign_in()
-    before = query_uuid("before")
-    with wrap_exceptions(), runtime().pool.connection() as conn:
+    before = parse_query(schemas.PageQuery).before
+    with connection() as conn:
         found = conversations.page(conn, user.id, project_id=None, before=before, limit=PAGE_SIZE)
     older = found[-1].id if len(found) == PAGE_SIZE else None
     return render_template("index.html", user=user, conversations=found, older=older)
@@ -90,10 +90,8 @@ def conversation(conversation_id: str) -> str | tuple[str, int]:
         key = UUID(conversation_id)
     except ValueError:
         raise NotFound("No such conversation.") from None
-    with wrap_exceptions(), runtime().pool.connection() as conn:
-        found = conversations.get(conn, user.id, key)
-        if found is None:
-            raise NotFound("No such conversation.")
+    with connection() as conn:
+        found = conversations.get_visible(conn, user.id, key)
         rows = message_rows.in_conversation(conn, key)
     # The stream resumes right after what was rendered: the last message, at its length.
     cursor = f"{rows[-1].id}:{rows[-1].content_length}" if rows else ""

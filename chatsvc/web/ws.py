@@ -22,7 +22,7 @@ from gevent.lock import Semaphore
 from simple_websocket import ConnectionClosed
 
 from chatsvc import jsonio
-from chatsvc.engine import commands, projects, users
+from chatsvc.engine import commands, conversations, projects, users
 from chatsvc.engine import messages as message_rows
 from chatsvc.engine.followers import (
     ConversationFollower,
@@ -31,20 +31,24 @@ from chatsvc.engine.followers import (
     Out,
     ProjectFollower,
 )
+from chatsvc.engine.messages import Message
 from chatsvc.engine.positions import Cursor
 from chatsvc.engine.runtime import Runtime
 from chatsvc.engine.users import User
-from chatsvc.errors import (
-    ApiError,
-    InvalidRequest,
-    NotFound,
-    TooLarge,
-    Unauthorized,
-    wrap_exceptions,
-)
+from chatsvc.errors import ApiError, InvalidRequest, NotFound, TooLarge, Unauthorized
 from chatsvc.web import auth
-from chatsvc.web.context import runtime
-from chatsvc.web.validation import Field, fields_of, parse_json, send_fields, text, uuid_field
+from chatsvc.web.context import connection, runtime
+from chatsvc.web.declare import serialise
+from chatsvc.web.event_schemas import (
+    CLIENT_FRAMES,
+    AuthFrame,
+    CancelFrame,
+    ErrorFrame,
+    JoinProjectFrame,
+    SendFrame,
+    SubscribeFrame,
+)
+from chatsvc.web.parsing import parse, parse_json
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +94,9 @@ class Connection:
         self.follows: dict[tuple[str, UUID], gevent.Greenlet] = {}
         self.sent_answers: set[UUID] = set()
         self.tokens_used = 0
-        self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {
-            "auth": self.on_auth,
-            "subscribe": self.on_subscribe,
-            "send": self.on_send,
-            "cancel": self.on_cancel,
-            "join_project": self.on_join_project,
+        # `on_<type>` handles a frame validated as CLIENT_FRAMES[type].
+        self.handlers: dict[str, Callable[[Any], None]] = {
+            kind: getattr(self, f"on_{kind}") for kind in CLIENT_FRAMES
         }
 
     def run(self) -> None:
@@ -120,30 +121,28 @@ class Connection:
             frame = parse_json(raw)
             if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
                 raise InvalidRequest("A frame must be a JSON object with a string 'type'.")
-            handler = self.handlers.get(frame["type"])
-            if handler is None:
+            model = CLIENT_FRAMES.get(frame["type"])
+            if model is None:
                 raise InvalidRequest(f"Unknown frame type {frame['type']!r}.")
             if self.user is None and frame["type"] != "auth":
                 raise Unauthorized("Send an 'auth' frame with your token first.")
-            handler(frame)
+            self.handlers[frame["type"]](parse(model, frame, self.rt.settings))
         except ApiError as error:
-            self.error(error, frame)
+            self.error(error.code, error.message, frame)
         except Exception:
             log.exception("websocket frame failed")
-            self.emit(
-                {
-                    "type": "error",
-                    "code": "internal_error",
-                    "message": "Something went wrong on our side.",
-                }
-            )
+            self.error("internal_error", "Something went wrong on our side.", {})
 
-    def error(self, error: ApiError, frame: dict[str, Any]) -> None:
+    def error(self, code: str, message: str, frame: dict[str, Any]) -> None:
         """An `error` frame with the SPEC's code and message (and the offending frame's type)."""
-        body: dict[str, Any] = {"type": "error", "code": error.code, "message": error.message}
-        if isinstance(frame, dict) and isinstance(frame.get("type"), str):
-            body["request"] = frame["type"]
-        self.emit(body)
+        request = frame.get("type") if isinstance(frame, dict) else None
+        error = ErrorFrame(
+            type="error",
+            code=code,
+            message=message,
+            request=request if isinstance(request, str) else None,
+        )
+        self.emit(error.model_dump(exclude_none=True))
 
     def emit(self, body: dict[str, Any]) -> None:
         """Send one frame (one writer at a time: frames must not interleave)."""
@@ -153,76 +152,54 @@ class Connection:
 
     # --- frames -----------------------------------------------------------------------
 
-    def on_auth(self, frame: dict[str, Any]) -> None:
-        body = fields_of(frame, {"token": Field(text(1, 200), required=True)}, ignore=("type",))
-        with wrap_exceptions(), self.rt.pool.connection() as conn:
-            found = users.user_by_token(conn, body["token"])
+    def on_auth(self, frame: AuthFrame) -> None:
+        with connection(self.rt) as conn:
+            found = users.user_by_token(conn, frame.token)
         if found is None:
             raise Unauthorized("This token is not valid.")
         self.user = found[0]
 
-    def on_subscribe(self, frame: dict[str, Any]) -> None:
-        body = fields_of(
-            frame,
-            {
-                "conversation_id": Field(uuid_field, required=True),
-                "message_id": Field(uuid_field),
-                "offset": Field(_offset),
-            },
-            ignore=("type",),
-        )
+    def on_subscribe(self, frame: SubscribeFrame) -> None:
         user = self._user()
-        conversation_id: UUID = body["conversation_id"]
-        with wrap_exceptions(), self.rt.pool.connection() as conn:
-            commands.visible(conn, user, conversation_id)
-            message_id: UUID | None = body["message_id"]
-            if message_id is not None:
-                message = message_rows.get(conn, user.id, message_id)
-                if message is None or message.conversation_id != conversation_id:
+        with connection(self.rt) as conn:
+            conversations.get_visible(conn, user.id, frame.conversation_id)
+            if frame.message_id is not None:
+                message = message_rows.get(conn, user.id, frame.message_id)
+                if message is None or message.conversation_id != frame.conversation_id:
                     raise NotFound("No such message in this conversation.")
-        if message_id is None:
-            if body["offset"] is not None:
+        if frame.message_id is None:
+            if frame.offset is not None:
                 raise InvalidRequest("An offset needs a message_id.")
-            self._follow_conversation(conversation_id)
+            self._follow_conversation(frame.conversation_id)
         else:
-            self._follow_message(message_id, body["offset"] or 0)
+            self._follow_message(frame.message_id, frame.offset or 0)
 
-    def on_send(self, frame: dict[str, Any]) -> None:
-        fields = {
-            "conversation_id": Field(uuid_field, required=True),
-            **send_fields(self.rt.settings),
-        }
-        body = fields_of(frame, fields, ignore=("type",))
+    def on_send(self, frame: SendFrame) -> None:
         sent = commands.send(
             self.rt,
             self._user(),
-            body["conversation_id"],
-            body["content"],
-            model=body["model"],
-            client_message_id=body["client_message_id"],
+            frame.conversation_id,
+            frame.content,
+            model=frame.model,
+            client_message_id=frame.client_message_id,
         )
         answer = sent.exchange.assistant_message
         self.sent_answers.add(answer.id)
-        if ("conversation", body["conversation_id"]) not in self.follows:
-            self.emit({"type": "message", **sent.exchange.user_message.to_json()})
-            self.emit({"type": "message", **answer.to_json()})
+        if ("conversation", frame.conversation_id) not in self.follows:
+            self.emit({"type": "message", **serialise(Message, sent.exchange.user_message)})
+            self.emit({"type": "message", **serialise(Message, answer)})
             self._follow_message(answer.id, answer.content_length)
 
-    def on_cancel(self, frame: dict[str, Any]) -> None:
-        body = fields_of(
-            frame, {"conversation_id": Field(uuid_field, required=True)}, ignore=("type",)
-        )
-        commands.cancel_conversation(self.rt, self._user(), body["conversation_id"])
+    def on_cancel(self, frame: CancelFrame) -> None:
+        commands.cancel_conversation(self.rt, self._user(), frame.conversation_id)
 
-    def on_join_project(self, frame: dict[str, Any]) -> None:
-        body = fields_of(frame, {"project_id": Field(uuid_field, required=True)}, ignore=("type",))
+    def on_join_project(self, frame: JoinProjectFrame) -> None:
         user = self._user()
-        with wrap_exceptions(), self.rt.pool.connection() as conn:
-            if projects.get_project(conn, user.id, body["project_id"]) is None:
-                raise NotFound("No such project.")
+        with connection(self.rt) as conn:
+            projects.get_member_project(conn, user.id, frame.project_id)
         follower = ProjectFollower(self.rt.sources)
         self._start(
-            ("project", body["project_id"]), follower, follower.open(body["project_id"], user.id)
+            ("project", frame.project_id), follower, follower.open(frame.project_id, user.id)
         )
 
     # --- following ----------------------------------------------------------------------
@@ -257,7 +234,7 @@ class Connection:
         except ConnectionClosed:
             pass
         except ApiError as error:
-            self.error(error, {})
+            self.error(error.code, error.message, {})
         finally:
             follower.close()
             if self.follows.get(key) is gevent.getcurrent():
@@ -272,14 +249,8 @@ class Connection:
                 usage = out.data["usage"]
                 self.tokens_used += usage["prompt_tokens"] + usage["completion_tokens"]
             frame["tokens_used"] = self.tokens_used
-            with wrap_exceptions(), self.rt.pool.connection() as conn:
+            with connection(self.rt) as conn:
                 used = users.usage(conn, self._user().id)
             frame["user_tokens_used"] = used.total_tokens
             frame["token_limit"] = used.token_limit
         return frame
-
-
-def _offset(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidRequest(f"Field {name!r} must be a non-negative integer.")
-    return value

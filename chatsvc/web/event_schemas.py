@@ -1,0 +1,196 @@
+"""The streaming contract as types: SSE event payloads and WebSocket frames.
+
+The followers produce these payloads (SSE `data:`, or a frame's fields besides
+`type`); the declarations here are what /openapi.json publishes for them and
+what the tests check real streams against.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatsvc.engine.messages import STATUSES, Message
+from chatsvc.web.parsing import Body, MessageContent, Offset, Text
+
+Status = Annotated[str, Field(json_schema_extra={"enum": list(STATUSES)})]
+
+
+class Event(BaseModel):
+    """The data of one event."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+# --- a message's events -----------------------------------------------------------
+
+
+class DeltaEvent(Event):
+    """`event: delta`: committed text; `id:` is the offset after it."""
+
+    message_id: UUID
+    offset: int = Field(
+        ge=0, description="Start offset of `text` in the message content (code points)."
+    )
+    text: str = Field(min_length=1)
+
+
+class StatusEvent(Event):
+    """`event: status`: the stream was taken over after a crash or restart (no `id:`)."""
+
+    message_id: UUID
+    status: Status
+    epoch: int = Field(ge=0)
+    resumed: bool
+
+
+class MessageUsage(Event):
+    """Tokens one answer used (across every LLM call made for it, resumes included)."""
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    estimated: bool | None = Field(
+        default=None, description="True when the provider reported no usage and it was estimated."
+    )
+
+
+class DoneEvent(Event):
+    """`event: done`: the answer ended; the last event of a message stream."""
+
+    message_id: UUID
+    status: Status
+    content_length: int = Field(ge=0, description="The final length; also the event's `id:`.")
+    usage: MessageUsage
+    error: str | None = Field(
+        default=None, description="Present when the answer failed or was interrupted."
+    )
+
+
+# --- the project room -------------------------------------------------------------
+
+
+class RoomEvent(Event):
+    """An event of a project room."""
+
+    project_id: UUID
+    conversation_id: UUID
+
+
+class ConversationCreated(RoomEvent):
+    """`event: conversation.created`: a conversation was created in the project."""
+
+    title: str
+    user_id: UUID = Field(description="Who created it.")
+    created_at: datetime
+
+
+class ConversationDeleted(RoomEvent):
+    """`event: conversation.deleted`: a conversation was deleted."""
+
+
+class StreamStarted(RoomEvent):
+    """`event: stream.started`: an answer started streaming."""
+
+    message_id: UUID
+    user_id: UUID = Field(description="Who sent the message.")
+
+
+class StreamFinished(RoomEvent):
+    """`event: stream.finished`: an answer ended."""
+
+    message_id: UUID
+    status: Status
+    content_length: int = Field(ge=0)
+
+
+# Event name → the schema of its data, per stream.
+MESSAGE_EVENTS: dict[str, Any] = {
+    "delta": DeltaEvent,
+    "status": StatusEvent,
+    "done": DoneEvent,
+}
+CONVERSATION_EVENTS: dict[str, Any] = {"message": Message, **MESSAGE_EVENTS}
+PROJECT_EVENTS: dict[str, Any] = {
+    "conversation.created": ConversationCreated,
+    "conversation.deleted": ConversationDeleted,
+    "stream.started": StreamStarted,
+    "stream.finished": StreamFinished,
+}
+
+# --- WebSocket frames -------------------------------------------------------------
+
+
+class AuthFrame(Body):
+    """Authenticate this connection."""
+
+    type: Literal["auth"]
+    token: Text
+
+
+class SubscribeFrame(Body):
+    """Follow a conversation, or one answer from an offset."""
+
+    type: Literal["subscribe"]
+    conversation_id: UUID
+    message_id: UUID | None = None
+    offset: Offset | None = Field(
+        default=None, description="Needs `message_id`; where to start in that answer."
+    )
+
+
+class SendFrame(Body):
+    """Send a message (as POST /api/conversations/{id}/messages)."""
+
+    type: Literal["send"]
+    conversation_id: UUID
+    content: MessageContent
+    model: Text | None = Field(default=None, description="A litellm model name.")
+    client_message_id: Text | None = Field(default=None, description="An idempotency key.")
+
+
+class CancelFrame(Body):
+    """Cancel the conversation's active answer."""
+
+    type: Literal["cancel"]
+    conversation_id: UUID
+
+
+class JoinProjectFrame(Body):
+    """Follow a project room."""
+
+    type: Literal["join_project"]
+    project_id: UUID
+
+
+CLIENT_FRAMES: dict[str, type[Body]] = {
+    "auth": AuthFrame,
+    "subscribe": SubscribeFrame,
+    "send": SendFrame,
+    "cancel": CancelFrame,
+    "join_project": JoinProjectFrame,
+}
+
+
+class DoneFrame(DoneEvent):
+    """`done`, with what this connection and the user have used."""
+
+    type: Literal["done"]
+    tokens_used: int = Field(ge=0, description="What the answers sent on this connection used.")
+    user_tokens_used: int = Field(ge=0)
+    token_limit: int | None = Field(description="Null when unlimited.")
+
+
+class ErrorFrame(Event):
+    """A frame failed; the connection stays usable."""
+
+    type: Literal["error"]
+    code: str
+    message: str
+    request: str | None = Field(default=None, description="The type of the frame it answers.")
+
+
+# Server frames whose fields are more than `type` plus the event's data.
+SERVER_FRAMES: dict[str, type[BaseModel]] = {"done": DoneFrame, "error": ErrorFrame}
