@@ -68,6 +68,36 @@ class Delta:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """Reasoning [start, end) of an answer was committed; `text` is None if too large to carry.
+
+    Offsets count code points in the answer's reasoning (its reasoning parts
+    concatenated), as a Delta's count them in its content.
+    """
+
+    conversation_id: UUID
+    message_id: UUID
+    start: int
+    end: int
+    text: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChanged:
+    """A tool part of an answer changed, making the answer's tool version `version`.
+
+    `part` is the part as the API shows it (type, tool_call_id, name, state,
+    input, output or error); None when too large to carry: readers fetch it.
+    """
+
+    conversation_id: UUID
+    message_id: UUID
+    version: int
+    tool_call_id: str
+    part: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
 class StatusChanged:
     """A streaming answer changed hands (taken over after a crash or handed off)."""
 
@@ -132,6 +162,8 @@ def _plain(value: Any) -> Any:
 Event = (
     MessageCreated
     | Delta
+    | ReasoningDelta
+    | ToolChanged
     | StatusChanged
     | Finished
     | CancelRequested
@@ -145,6 +177,10 @@ def _to_wire(event: Event) -> list[Any]:
     match event:
         case Delta(c, m, start, end, text):
             return ["d", str(c), str(m), start, end, text]
+        case ReasoningDelta(c, m, start, end, text):
+            return ["h", str(c), str(m), start, end, text]
+        case ToolChanged(c, m, version, call, part):
+            return ["t", str(c), str(m), version, call, part]
         case MessageCreated(c, m):
             return ["m", str(c), str(m)]
         case StatusChanged(c, m, status, epoch, resumed):
@@ -166,6 +202,10 @@ def _from_wire(item: list[Any]) -> Event:
     kind = item[0]
     if kind == "d":
         return Delta(UUID(item[1]), UUID(item[2]), int(item[3]), int(item[4]), item[5])
+    if kind == "h":
+        return ReasoningDelta(UUID(item[1]), UUID(item[2]), int(item[3]), int(item[4]), item[5])
+    if kind == "t":
+        return ToolChanged(UUID(item[1]), UUID(item[2]), int(item[3]), item[4], item[5])
     if kind == "m":
         return MessageCreated(UUID(item[1]), UUID(item[2]))
     if kind == "s":
@@ -198,8 +238,8 @@ def item(event: Event) -> str:
     # Bytes, escapes included: a control character takes six ("\u0002").
     if _size(text) <= MAX_ITEM_BYTES:
         return text
-    if isinstance(event, Delta):
-        wire[5] = None  # readers fetch the text from the table
+    if isinstance(event, Delta | ReasoningDelta | ToolChanged):
+        wire[5] = None  # readers fetch the text or the part from the table
     elif isinstance(event, Finished):
         # Without usage, readers take the ending from the row (see followers.py).
         wire[5], wire[6] = None, (event.error or "")[:TRIMMED_ERROR_CHARS]

@@ -20,7 +20,9 @@ from chatsvc.engine.events import (
     Finished,
     MessageCreated,
     ProjectEvent,
+    ReasoningDelta,
     StatusChanged,
+    ToolChanged,
 )
 
 log = logging.getLogger(__name__)
@@ -143,7 +145,14 @@ class Hub:
 
 def _route_keys(event: Event) -> tuple[UUID, ...]:
     match event:
-        case Delta() | StatusChanged() | Finished() | MessageCreated():
+        case (
+            Delta()
+            | ReasoningDelta()
+            | ToolChanged()
+            | StatusChanged()
+            | Finished()
+            | MessageCreated()
+        ):
             return (event.message_id, event.conversation_id)
         case ConversationDeleted():
             return (event.conversation_id,)

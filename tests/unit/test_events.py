@@ -18,7 +18,9 @@ from chatsvc.engine.events import (
     LeasesReleased,
     MessageCreated,
     ProjectEvent,
+    ReasoningDelta,
     StatusChanged,
+    ToolChanged,
 )
 
 C, M, P = uuid4(), uuid4(), uuid4()
@@ -47,6 +49,10 @@ EVERY_KIND: list[Event] = [
     MessageCreated(C, M),
     Delta(C, M, 3, 9, "héllo😀"),
     Delta(C, M, 3, 9, None),
+    ReasoningDelta(C, M, 0, 4, "hmm…"),
+    ReasoningDelta(C, M, 0, 4, None),
+    ToolChanged(C, M, 3, "call_1", {"type": "tool", "state": "output-available", "output": [1]}),
+    ToolChanged(C, M, 4, "call_1", None),
     StatusChanged(C, M, "streaming", 2, True),
     Finished(C, M, "completed", 9, {"prompt_tokens": 1, "completion_tokens": 2}, None),
     Finished(C, M, "failed", 0, None, "boom"),
@@ -120,6 +126,16 @@ def test_a_delta_too_large_to_carry_goes_without_its_text(text: str) -> None:
     delta = Delta(C, M, 10, 10 + len(text), text)
     assert len(events.item(delta).encode()) <= events.MAX_ITEM_BYTES
     assert _round_trip([delta]) == [Delta(C, M, 10, 10 + len(text), None)]
+
+
+def test_reasoning_and_tool_parts_too_large_to_carry_go_without_them() -> None:
+    text = "漢" * 2700
+    reasoning = ReasoningDelta(C, M, 0, len(text), text)
+    tool = ToolChanged(C, M, 1, "call_1", {"type": "tool", "output": text})
+    assert _round_trip([reasoning, tool]) == [
+        ReasoningDelta(C, M, 0, len(text), None),
+        ToolChanged(C, M, 1, "call_1", None),
+    ]
 
 
 def test_a_delta_that_fits_keeps_its_text() -> None:
