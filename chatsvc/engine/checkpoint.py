@@ -27,13 +27,14 @@ from typing import Any
 from uuid import UUID
 
 import gevent
+import gevent.event
 import psycopg
 from psycopg import Connection
 
 from chatsvc.config import Settings
-from chatsvc.engine import db, events, writes
+from chatsvc.engine import db, events, ledger, writes
 from chatsvc.engine.background import Background
-from chatsvc.engine.stream import FINAL, Cancelled, Ending, State, Stream
+from chatsvc.engine.stream import FINAL, Cancelled, Ending, State, Stream, Take
 from chatsvc.errors import Fenced
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,13 @@ def due(
     batch = []
     wait = renew_every
     for s in streams:
-        if s.state in (State.ENDING, State.RELEASING) or now - s.renewed_at >= renew_every:
+        if (
+            s.state in (State.ENDING, State.RELEASING)
+            or s.waiters  # a greenlet waits for this commit (a tool call about to be sent)
+            or now - s.renewed_at >= renew_every
+        ):
             batch.append(s)
-        elif s.pending:
+        elif s.has_pending:
             ready = s.checkpointed_at + min_interval - now
             if ready <= 0:
                 batch.append(s)
@@ -86,7 +91,7 @@ class Checkpointer(Background):
         self.renew_every = settings.lease_s / 3
         self.min_interval = settings.checkpoint_min_ms / 1000
         self._conn: Connection[Any] | None = None
-        self._uncertain: list[Stream] = []
+        self._uncertain: dict[Stream, Take] = {}
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the in-flight commit (and once no stream is left)."""
@@ -113,8 +118,27 @@ class Checkpointer(Background):
     def append(self, stream: Stream, text: str) -> None:
         """Queue text for the next checkpoint (no I/O: generators never wait on the database)."""
         if stream.accepts_text:
-            stream.pending.append(text)
+            stream.add_text(text)
             self._wake.set()
+
+    def append_reasoning(self, stream: Stream, text: str) -> None:
+        """Queue reasoning for the next checkpoint, as `append` does text."""
+        if stream.accepts_text:
+            stream.add_reasoning(text)
+            self._wake.set()
+
+    def changed(self, stream: Stream) -> None:
+        """The stream's layout or ledger changed: checkpoint it (no I/O here either)."""
+        self._wake.set()
+
+    def flush(self, stream: Stream) -> None:
+        """Wait until everything queued for the stream so far is committed (Fenced if lost)."""
+        if not stream.accepts_text:
+            raise Fenced()
+        waiter: gevent.event.AsyncResult = gevent.event.AsyncResult()
+        stream.waiters.append(waiter)
+        self._wake.set()
+        waiter.get()
 
     def end(self, stream: Stream, ending: Ending) -> bool:
         """Commit the ending with all remaining text; False if the stream was lost meanwhile."""
@@ -190,43 +214,47 @@ class Checkpointer(Background):
     def _commit(self, conn: Connection[Any], batch: list[Stream]) -> None:
         started = time.monotonic()
         ending = [s for s in batch if s.state is State.ENDING]
-        ongoing = sorted((s for s in batch if s not in ending), key=lambda s: s.message_id)
-        texts = {s: "".join(s.pending) for s in batch}
-        counts = {s: len(s.pending) for s in batch}
-        self._uncertain = batch
-        if ending or any(s.state is State.RELEASING for s in ongoing):
+        # An ending stream's last text goes through the checkpoint statement too,
+        # so that FINISH assembles content and parts from chunks alone.
+        streams = sorted(batch, key=lambda s: s.message_id)
+        takes = {s: s.take() for s in streams}
+        self._uncertain = {s: takes[s] for s in streams}
+        if ending or any(
+            s.state is State.RELEASING or takes[s].writes or takes[s].meters for s in streams
+        ):
             with conn.transaction():
-                done = writes.checkpoint(conn, ongoing, texts, self.settings.lease_s)
-                releasing = [s for s in ongoing if s in done.written and s.state is State.RELEASING]
-                released, finished, more = self._hand_over(conn, releasing, ending, texts)
+                done = writes.checkpoint(conn, streams, takes, self.settings.lease_s)
+                for stream in streams:
+                    if stream in done.written:
+                        ledger.write(conn, stream.message_id, stream.epoch, takes[stream].writes)
+                        writes.meter(conn, stream, takes[stream].meters)
+                releasing = [s for s in streams if s in done.written and s.state is State.RELEASING]
+                finishing = [s for s in ending if s in done.written]
+                released, finished, more = self._hand_over(conn, releasing, finishing, takes)
         else:  # the common case: one statement, one round trip, its own transaction
-            done = writes.checkpoint(conn, ongoing, texts, self.settings.lease_s)
+            done = writes.checkpoint(conn, streams, takes, self.settings.lease_s)
             released, finished, more = set(), set(), []
-        self._uncertain = []
+        self._uncertain = {}
         self.stats.transactions += 1
         self.stats.commit_seconds += time.monotonic() - started
-        for stream in ongoing:
-            if stream in done.written:
-                del stream.pending[: counts[stream]]
-                stream.committed += len(texts[stream])
-                stream.renewed_at = started
-                if texts[stream]:
-                    stream.checkpointed_at = started
-                self.stats.checkpoints += 1 if texts[stream] else 0
-                self.stats.chars += len(texts[stream])
-            else:
+        for stream in streams:
+            if stream not in done.written or (stream in ending and stream not in finished):
                 self._lose(stream)
+                continue
+            take = takes[stream]
+            stream.taken(take)
+            stream.renewed_at = started
+            if take.text or take.reasoning:
+                stream.checkpointed_at = started
+                self.stats.checkpoints += 1
+            self.stats.chars += len(take.text) + len(take.reasoning)
             if stream in released:
                 self.streams.pop(stream.message_id, None)
                 stream.move(State.RELEASED)
-        for stream in ending:
-            self.streams.pop(stream.message_id, None)
-            if stream in finished:
-                stream.committed += len(texts[stream])
+            elif stream in finished:
+                self.streams.pop(stream.message_id, None)
                 self.stats.finished += 1
                 stream.move(State.ENDED)
-            else:
-                self._lose(stream)
         self.publish(done.deltas + more)
         for message_id in done.cancels:
             self.request_cancel(message_id)
@@ -236,14 +264,17 @@ class Checkpointer(Background):
         conn: Connection[Any],
         releasing: list[Stream],
         ending: list[Stream],
-        texts: dict[Stream, str],
+        takes: dict[Stream, Take],
     ) -> tuple[set[Stream], set[Stream], list[events.Event]]:
         """Release and finish streams in the caller's transaction, notifying what it did."""
         released = writes.release(conn, releasing)
         announced: list[events.Event] = [events.LeasesReleased()] if released else []
         finished = set()
         for stream in ending:
-            finish = writes.finish(conn, stream, texts[stream])
+            # A call still running when its answer ends will never have its outcome.
+            ledger.abandon(conn, stream.message_id, stream.epoch, ledger.ENDED_RUNNING)
+            # FINISH checks the length the checkpoint just wrote.
+            finish = writes.finish(conn, stream, stream.committed + len(takes[stream].text))
             if finish is not None:
                 finished.add(stream)
                 announced += finish
@@ -258,7 +289,7 @@ class Checkpointer(Background):
         # An ending stream's greenlet waits in end(), which the move to LOST wakes.
         stop_worker = stream.state is not State.ENDING
         stream.move(State.LOST)
-        stream.pending.clear()
+        stream.drop_pending(Fenced())
         self.stats.fenced += 1
         log.warning(
             "lost stream %s (epoch %d): stopping its answer", stream.message_id, stream.epoch
@@ -268,36 +299,32 @@ class Checkpointer(Background):
 
     def _reconcile(self, conn: Connection[Any]) -> None:
         """After a failed commit, learn from the database whether it happened after all."""
-        streams, self._uncertain = self._uncertain, []
-        rows = writes.rows_now(conn, streams)
-        for stream in streams:
+        attempted, self._uncertain = self._uncertain, {}
+        rows = writes.rows_now(conn, list(attempted))
+        for stream, take in attempted.items():
             row = rows.get(stream.message_id)  # None: deleted
-            if row is None or row[0] != stream.epoch:
+            if row is None or row.epoch != stream.epoch:
                 self._lose(stream)
                 continue
-            _, status, length = row
-            if status != "streaming" and stream.state is State.ENDING:
+            if row.status != "streaming" and stream.state is State.ENDING:
                 # The ending did commit (only we could end it at this epoch).
                 self.streams.pop(stream.message_id, None)
-                stream.committed = length
+                stream.taken(take)
                 stream.move(State.ENDED)
-            elif status != "streaming":
+            elif row.status != "streaming":
                 self._lose(stream)  # not ours to end: written by hand, no longer ours to write
-            elif length != stream.committed:
+            elif (row.content_length, row.reasoning_length, row.tool_version) == (
+                stream.committed + len(take.text),
+                stream.committed_reasoning + len(take.reasoning),
+                take.version,
+            ) and take.changes:
                 # The checkpoint committed, and its NOTIFY went out with it; tell
-                # local subscribers, who read the text from the database.
-                text = "".join(stream.pending)
-                taken = length - stream.committed
-                consumed = 0
-                while stream.pending and consumed + len(stream.pending[0]) <= taken:
-                    consumed += len(stream.pending.pop(0))
-                if consumed != taken:
-                    log.error(
-                        "stream %s: committed length %d does not match pending text",
-                        stream.message_id,
-                        length,
-                    )
-                    self._lose(stream)
-                    continue
-                self.publish([stream.delta(text[:taken])])
-                stream.committed = length
+                # local subscribers, who read what they miss from the database.
+                stream.taken(take)
+                self.publish(take.events)
+            elif (row.content_length, row.reasoning_length) != (
+                stream.committed,
+                stream.committed_reasoning,
+            ):
+                log.error("stream %s: committed lengths do not match", stream.message_id)
+                self._lose(stream)

@@ -231,12 +231,17 @@ def _size(text: str) -> int:
     return len(text.encode())
 
 
-def item(event: Event) -> str:
-    """One event as it travels: a JSON array of at most MAX_ITEM_BYTES bytes."""
+def item(event: Event, *, small: bool = False) -> str:
+    """One event as it travels: a JSON array of at most MAX_ITEM_BYTES bytes.
+
+    With `small`, a delta or tool change goes without its text or part.
+    """
     wire = _to_wire(event)
     text = _dumps(wire)
     # Bytes, escapes included: a control character takes six ("\u0002").
-    if _size(text) <= MAX_ITEM_BYTES:
+    if _size(text) <= MAX_ITEM_BYTES and not (
+        small and isinstance(event, Delta | ReasoningDelta | ToolChanged)
+    ):
         return text
     if isinstance(event, Delta | ReasoningDelta | ToolChanged):
         wire[5] = None  # readers fetch the text or the part from the table
@@ -246,6 +251,21 @@ def item(event: Event) -> str:
     else:
         raise ValueError(f"event too large for a notification: {event!r}")
     return _dumps(wire)
+
+
+def joined(events: Sequence[Event]) -> str | None:
+    """The items of one stream's events in one string (None for none), within MAX_ITEM_BYTES.
+
+    A checkpoint NOTIFYs a stream's events as one item string, so they travel
+    or drop out together; when they do not fit, the text-less and part-less
+    forms go instead (readers fetch what is missing).
+    """
+    if not events:
+        return None
+    text = ",".join(item(event) for event in events)
+    if _size(text) <= MAX_ITEM_BYTES:
+        return text
+    return ",".join(item(event, small=True) for event in events)
 
 
 def pack(items: Sequence[str | None]) -> list[int]:

@@ -22,8 +22,10 @@ from uuid import UUID
 import gevent
 import gevent.event
 
-from chatsvc.engine import events
+from chatsvc.engine import events, ledger
+from chatsvc.engine.ledger import Call
 from chatsvc.engine.messages import Message
+from chatsvc.engine.parts import Entry, Layout
 
 
 class Cancelled(Exception):
@@ -69,6 +71,39 @@ class Ending:
     called: bool = True
 
 
+@dataclass(frozen=True)
+class Meter:
+    """The usage of one model call of an answer, for its llm_calls row."""
+
+    step: int
+    usage: dict[str, int]
+    estimated: bool
+
+
+@dataclass
+class Take:
+    """What one commit takes from a stream: its new text and reasoning, layout, ledger rows."""
+
+    text: str
+    reasoning: str
+    text_pieces: int
+    reasoning_pieces: int
+    layout: list[Entry] | None  # None: unchanged since the last commit
+    version: int
+    step: int | None  # None: unchanged
+    writes: list[Call]
+    meters: list[Meter]
+    waiters: list[gevent.event.AsyncResult]
+    events: list[events.Event]
+
+    @property
+    def changes(self) -> bool:
+        """Whether committing it changes more than the lease."""
+        return bool(
+            self.text or self.reasoning or self.layout is not None or self.writes or self.meters
+        ) or (self.step is not None)
+
+
 @dataclass(eq=False)
 class Stream:
     """An answer this process owns: what is committed, and what waits for the next checkpoint."""
@@ -87,6 +122,27 @@ class Stream:
     # True once ENDED, False once RELEASED or LOST.
     ended: gevent.event.AsyncResult = field(default_factory=gevent.event.AsyncResult)
     worker: gevent.Greenlet | None = None
+    # Parts: the owner's layout, pending reasoning beside pending text, and what
+    # the last commit wrote of each (a checkpoint writes layout and step only
+    # when they changed, so a plain answer never writes them).
+    layout: Layout = field(default_factory=Layout)
+    pending_reasoning: list[str] = field(default_factory=list)
+    committed_reasoning: int = 0
+    committed_version: int = 0
+    committed_layout: list[Entry] | None = None
+    step: int = 0  # the model call being made (or, between calls, the next one)
+    committed_step: int = 0
+    # The ledger as this owner knows it, and the rows the next commit writes.
+    calls: dict[str, Call] = field(default_factory=dict)
+    writes: list[Call] = field(default_factory=list)
+    meters: list[Meter] = field(default_factory=list)
+    # Woken (True) by the commit that includes everything queued before them.
+    waiters: list[gevent.event.AsyncResult] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.layout.entries is None and not self.layout.content_length:
+            self.layout.content_length = self.committed
+            self.layout.reasoning_length = self.committed_reasoning
 
     @classmethod
     def for_message(cls, message: Message, default_model: str) -> Stream:
@@ -121,6 +177,101 @@ class Stream:
     def handed_off(self) -> bool:
         """Whether the rest of the answer is no longer this process's to write or end."""
         return self.state in (State.RELEASING, State.RELEASED, State.LOST)
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether anything waits for the next commit besides a lease renewal."""
+        return bool(
+            self.pending
+            or self.pending_reasoning
+            or self.writes
+            or self.meters
+            or self.waiters
+            or self.step != self.committed_step
+            or self.layout.version != self.committed_version
+            or self.layout.entries != self.committed_layout
+        )
+
+    def add_text(self, text: str) -> None:
+        """Answer text from the model call being made, for the next commit."""
+        self.layout.text(self.step, text)
+        self.pending.append(text)
+
+    def add_reasoning(self, text: str) -> None:
+        """Reasoning from the model call being made, for the next commit."""
+        self.layout.reasoning(self.step, text)
+        self.pending_reasoning.append(text)
+
+    def record(self, call: Call) -> None:
+        """A tool call's new ledger state, for the next commit; its part changes with it."""
+        self.calls[call.tool_call_id] = call
+        self.writes.append(call)
+        for entry in self.layout.tools():
+            if entry["tool_call_id"] == call.tool_call_id:
+                self.layout.changed(entry)
+
+    def take(self) -> Take:
+        """Everything the next commit writes, with the events it announces."""
+        text, reasoning = "".join(self.pending), "".join(self.pending_reasoning)
+        entries = self.layout.entries
+        changed_tools = [e for e in self.layout.tools() if e["v"] > self.committed_version]
+        announced: list[events.Event] = []
+        if text:
+            announced.append(self.delta(text))
+        if reasoning:
+            end = self.committed_reasoning + len(reasoning)
+            announced.append(
+                events.ReasoningDelta(
+                    self.conversation_id, self.message_id, self.committed_reasoning, end, reasoning
+                )
+            )
+        for entry in sorted(changed_tools, key=lambda e: int(e["v"])):
+            part = ledger.part(entry, self.calls.get(entry["tool_call_id"]))
+            announced.append(
+                events.ToolChanged(
+                    self.conversation_id, self.message_id, entry["v"], entry["tool_call_id"], part
+                )
+            )
+        return Take(
+            text=text,
+            reasoning=reasoning,
+            text_pieces=len(self.pending),
+            reasoning_pieces=len(self.pending_reasoning),
+            layout=self.layout.snapshot() if entries != self.committed_layout else None,
+            version=self.layout.version,
+            step=self.step if self.step != self.committed_step else None,
+            writes=list(self.writes),
+            meters=list(self.meters),
+            waiters=list(self.waiters),
+            events=announced,
+        )
+
+    def taken(self, take: Take) -> None:
+        """The commit of `take` returned: advance what is committed, wake who waited for it."""
+        del self.pending[: take.text_pieces]
+        del self.pending_reasoning[: take.reasoning_pieces]
+        del self.writes[: len(take.writes)]
+        del self.meters[: len(take.meters)]
+        del self.waiters[: len(take.waiters)]
+        self.committed += len(take.text)
+        self.committed_reasoning += len(take.reasoning)
+        self.committed_version = take.version
+        if take.layout is not None:
+            self.committed_layout = take.layout
+        if take.step is not None:
+            self.committed_step = take.step
+        for waiter in take.waiters:
+            waiter.set(True)
+
+    def drop_pending(self, why: BaseException) -> None:
+        """Nothing more will be committed: forget it, and fail whoever waits for a commit."""
+        self.pending.clear()
+        self.pending_reasoning.clear()
+        self.writes.clear()
+        self.meters.clear()
+        for waiter in self.waiters:
+            waiter.set_exception(why)
+        self.waiters.clear()
 
     def delta(self, text: str) -> events.Delta:
         """The event for text appended at the committed offset."""

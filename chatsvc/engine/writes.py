@@ -9,6 +9,7 @@ of what a function returns.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -16,35 +17,50 @@ from uuid import UUID
 from psycopg import Connection
 
 from chatsvc.engine import events
-from chatsvc.engine.stream import Stream
+from chatsvc.engine.parts import Entry
+from chatsvc.engine.stream import Meter, Stream, Take
 
 # One statement checkpoints every stream in the batch, and is its own
 # transaction: one round trip to commit any number of streams. A stream whose
-# epoch or committed length no longer matches (taken over, ended, or fenced) is
-# simply not returned, and its text is never written.
+# epoch or committed lengths no longer match (taken over, ended, or fenced) is
+# simply not returned, and nothing of it is written. It appends a text chunk
+# and a reasoning chunk, each at its committed offset; layout and step are
+# written only when they changed (NULL leaves them), so a plain answer's row
+# changes only in the columns it always did, and its WAL stays as small.
 #
-# It also NOTIFYs the new text of the rows it wrote: each stream comes with its
-# item and payload number, made by events.item and events.pack, and the items of
-# the rows written are joined per payload number. Only here is it known which
-# rows were written, and leaving the others out only shrinks a payload.
+# It also NOTIFYs what it committed: each stream comes with its item (the items
+# of its events, joined) and payload number, made by events.joined and
+# events.pack, and the items of the rows written are joined per payload number.
+# Only here is it known which rows were written, and leaving the others out
+# only shrinks a payload.
 CHECKPOINT = """
 WITH b AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(epochs)s::int[], %(starts)s::int[], %(texts)s::text[],
+                         %(rstarts)s::int[], %(reasonings)s::text[], %(layouts)s::text[],
+                         %(versions)s::int[], %(steps)s::int[],
                          %(items)s::text[], %(payloads)s::int[]) WITH ORDINALITY
-        AS b(id, epoch, start_offset, content, item, payload, n)
+        AS b(id, epoch, start_offset, content, rstart, reasoning, layout, version, step,
+             item, payload, n)
 ), m AS (
     UPDATE messages m
     SET content_length = b.start_offset + char_length(b.content),
-        last_checkpoint_at = CASE WHEN b.content <> '' THEN now() ELSE m.last_checkpoint_at END,
-        lease_expires_at = now() + %(lease)s * interval '1 second'
+        last_checkpoint_at = CASE WHEN b.content <> '' OR b.reasoning <> '' THEN now()
+                                  ELSE m.last_checkpoint_at END,
+        lease_expires_at = now() + %(lease)s * interval '1 second',
+        reasoning_length = b.rstart + char_length(b.reasoning),
+        tool_version = b.version,
+        step = coalesce(b.step, m.step),
+        layout = coalesce(b.layout::jsonb, m.layout)
     FROM b
     WHERE m.id = b.id AND m.epoch = b.epoch AND m.status = 'streaming'
-      AND m.content_length = b.start_offset
+      AND m.content_length = b.start_offset AND m.reasoning_length = b.rstart
     RETURNING m.id, m.epoch, m.cancel_requested_at IS NOT NULL AS cancel,
-              b.start_offset, b.content, b.item, b.payload, b.n
+              b.start_offset, b.content, b.rstart, b.reasoning, b.item, b.payload, b.n
 ), c AS (
-    INSERT INTO message_chunks (message_id, start_offset, epoch, content)
-    SELECT id, start_offset, epoch, content FROM m WHERE content <> ''
+    INSERT INTO message_chunks (message_id, kind, start_offset, epoch, content)
+    SELECT id, 'text', start_offset, epoch, content FROM m WHERE content <> ''
+    UNION ALL
+    SELECT id, 'reasoning', rstart, epoch, reasoning FROM m WHERE reasoning <> ''
 ), sent AS (
     SELECT pg_notify(%(channel)s, '[' || string_agg(item, ',' ORDER BY n) || ']')
     FROM m WHERE item IS NOT NULL GROUP BY payload
@@ -55,7 +71,7 @@ SELECT id, cancel, (SELECT count(*) FROM sent) FROM m
 
 @dataclass
 class Checkpointed:
-    """What a checkpoint wrote: the streams still ours, their deltas, and cancels to honour."""
+    """What a checkpoint wrote: the streams still ours, their events, and cancels to honour."""
 
     written: set[Stream] = field(default_factory=set)
     deltas: list[events.Event] = field(default_factory=list)
@@ -63,18 +79,22 @@ class Checkpointed:
 
 
 def checkpoint(
-    conn: Connection[Any], streams: list[Stream], texts: dict[Stream, str], lease_s: float
+    conn: Connection[Any], streams: list[Stream], takes: dict[Stream, Take], lease_s: float
 ) -> Checkpointed:
-    """Append each stream's text at its committed offset, renew its lease, and NOTIFY the text."""
+    """Append each stream's text and reasoning, renew its lease, NOTIFY what it committed."""
     if not streams:
         return Checkpointed()
-    deltas = [s.delta(texts[s]) if texts[s] else None for s in streams]
-    items = [None if delta is None else events.item(delta) for delta in deltas]
+    items = [events.joined(takes[s].events) for s in streams]
     params = {
         "ids": [s.message_id for s in streams],
         "epochs": [s.epoch for s in streams],
         "starts": [s.committed for s in streams],
-        "texts": [texts[s] for s in streams],
+        "texts": [takes[s].text for s in streams],
+        "rstarts": [s.committed_reasoning for s in streams],
+        "reasonings": [takes[s].reasoning for s in streams],
+        "layouts": [_json(takes[s].layout) for s in streams],
+        "versions": [takes[s].version for s in streams],
+        "steps": [takes[s].step for s in streams],
         "items": items,
         "payloads": events.pack(items),
         "lease": lease_s,
@@ -85,20 +105,55 @@ def checkpoint(
     written = {s for s in streams if s.message_id in ok}
     return Checkpointed(
         written,
-        [d for s, d in zip(streams, deltas, strict=True) if d and s in written],
+        [e for s in streams if s in written for e in takes[s].events],
         [row[0] for row in rows if row[1]],
     )
 
 
-# Content, status, usage and error of a finished answer, and its LLM call, in one
-# statement; the chunks it was assembled from are deleted in the same snapshot.
+def _json(layout: list[Entry] | None) -> str | None:
+    return None if layout is None else json.dumps(layout, ensure_ascii=False)
+
+
+# The usage of a model call that asked for tools, in the transaction that
+# records its calls (the last call of an answer is metered by FINISH).
+METER = """
+INSERT INTO llm_calls (message_id, user_id, epoch, step, model, prompt_tokens, completion_tokens,
+                       estimated)
+SELECT m.id, m.user_id, m.epoch, %(step)s, %(model)s, %(prompt)s, %(completion)s, %(estimated)s
+FROM messages m WHERE m.id = %(id)s AND m.epoch = %(epoch)s AND m.status = 'streaming'
+"""
+
+
+def meter(conn: Connection[Any], stream: Stream, meters: list[Meter]) -> None:
+    """Record model calls' usage (the caller's transaction, fenced by the stream's epoch)."""
+    for one in meters:
+        conn.execute(
+            METER,
+            {
+                "id": stream.message_id,
+                "epoch": stream.epoch,
+                "step": one.step,
+                "model": stream.model,
+                "prompt": int(one.usage.get("prompt_tokens", 0)),
+                "completion": int(one.usage.get("completion_tokens", 0)),
+                "estimated": one.estimated,
+            },
+        )
+
+
+# Content (its text chunks: never reasoning), parts, status, usage and error of a
+# finished answer, and its last LLM call, in one statement; the chunks they were
+# assembled from are deleted in the same snapshot, which still sees them. The
+# checkpointer commits the answer's pending text before it, in the same
+# transaction, so the chunks hold all of it.
 FINISH = """
 WITH m AS (
     UPDATE messages m
     SET status = %(status)s,
         content = coalesce((SELECT string_agg(c.content, '' ORDER BY c.start_offset)
-                            FROM message_chunks c WHERE c.message_id = m.id), '') || %(tail)s,
-        content_length = %(length)s,
+                            FROM message_chunks c
+                            WHERE c.message_id = m.id AND c.kind = 'text'), ''),
+        parts = message_parts(m),
         usage = jsonb_build_object(
             'prompt_tokens', %(prompt)s + coalesce(
                 (SELECT sum(l.prompt_tokens) FROM llm_calls l WHERE l.message_id = m.id), 0),
@@ -112,13 +167,13 @@ WITH m AS (
         owner = NULL,
         lease_expires_at = NULL
     WHERE m.id = %(id)s AND m.epoch = %(epoch)s AND m.status = 'streaming'
-      AND m.content_length = %(start)s
+      AND m.content_length = %(length)s
     RETURNING m.id, m.user_id, m.usage,
               (SELECT c.project_id FROM conversations c WHERE c.id = m.conversation_id) AS project
 ), calls AS (
-    INSERT INTO llm_calls (message_id, user_id, epoch, model, prompt_tokens, completion_tokens,
-                           estimated)
-    SELECT id, user_id, %(epoch)s, %(model)s, %(prompt)s, %(completion)s, %(estimated)s
+    INSERT INTO llm_calls (message_id, user_id, epoch, step, model, prompt_tokens,
+                           completion_tokens, estimated)
+    SELECT id, user_id, %(epoch)s, %(step)s, %(model)s, %(prompt)s, %(completion)s, %(estimated)s
     FROM m WHERE %(called)s
 ), chunks AS (
     DELETE FROM message_chunks c USING m WHERE c.message_id = m.id
@@ -127,23 +182,21 @@ SELECT usage, project FROM m
 """
 
 
-def finish(conn: Connection[Any], stream: Stream, tail: str) -> list[events.Event] | None:
-    """Commit the stream's Ending with its last text; the events announcing it, None if fenced."""
+def finish(conn: Connection[Any], stream: Stream, length: int) -> list[events.Event] | None:
+    """Commit the Ending of a stream whose text is committed up to `length`; its events, or None."""
     ending = stream.ending
     assert ending is not None
     usage = ending.usage or {}
-    length = stream.committed + len(tail)
     row = conn.execute(
         FINISH,
         {
             "id": stream.message_id,
             "epoch": stream.epoch,
-            "start": stream.committed,
-            "tail": tail,
             "length": length,
             "status": ending.status,
             "error": ending.error,
             "model": stream.model,
+            "step": stream.step,
             "prompt": int(usage.get("prompt_tokens", 0)),
             "completion": int(usage.get("completion_tokens", 0)),
             "estimated": ending.estimated,
@@ -152,13 +205,12 @@ def finish(conn: Connection[Any], stream: Stream, tail: str) -> list[events.Even
     ).fetchone()
     if row is None:
         return None
-    announced: list[events.Event] = [stream.delta(tail)] if tail else []
     usage, project_id = row
-    announced.append(
+    announced: list[events.Event] = [
         events.Finished(
             stream.conversation_id, stream.message_id, ending.status, length, usage, ending.error
         )
-    )
+    ]
     if project_id is not None:
         announced.append(
             events.project_event(
@@ -192,10 +244,24 @@ def release(conn: Connection[Any], streams: list[Stream]) -> set[Stream]:
     return {s for s in streams if s.message_id in done}
 
 
-ROWS_NOW = "SELECT id, epoch, status, content_length FROM messages WHERE id = ANY(%s)"
+ROWS_NOW = """
+SELECT id, epoch, status, content_length, reasoning_length, tool_version
+FROM messages WHERE id = ANY(%s)
+"""
 
 
-def rows_now(conn: Connection[Any], streams: list[Stream]) -> dict[UUID, tuple[int, str, int]]:
-    """Epoch, status and committed length of each stream's row, as the database has them."""
+@dataclass(frozen=True)
+class RowNow:
+    """An answer's row as the database has it, to learn whether a commit happened."""
+
+    epoch: int
+    status: str
+    content_length: int
+    reasoning_length: int
+    tool_version: int
+
+
+def rows_now(conn: Connection[Any], streams: list[Stream]) -> dict[UUID, RowNow]:
+    """Epoch, status, committed lengths and tool version of each stream's row."""
     rows = conn.execute(ROWS_NOW, ([s.message_id for s in streams],)).fetchall()
-    return {row[0]: (row[1], row[2], row[3]) for row in rows}
+    return {row[0]: RowNow(*row[1:]) for row in rows}

@@ -28,6 +28,12 @@ WHERE role = 'assistant' AND status <> 'streaming' AND content <> '';
 UPDATE messages SET parts = '[]'::jsonb
 WHERE role = 'assistant' AND status <> 'streaming' AND content = '';
 
+-- One llm_calls row per model call of an answer: `step` says which call (0 is
+-- the first). A call that asked for tools is metered in the transaction that
+-- records its calls; the last one with the answer's ending; a call its owner
+-- died in is estimated by the process that takes the answer over (leases.py).
+ALTER TABLE llm_calls ADD COLUMN step integer NOT NULL DEFAULT 0;
+
 -- The tool-call ledger. A call is inserted `running`, in a committed
 -- transaction, before its request is sent; its outcome is committed before the
 -- model is called again. A process that takes the answer over never sends a
