@@ -1,29 +1,63 @@
-"""Running answers: one greenlet per answer reads the LLM and hands text to the checkpointer."""
+"""Running answers: one greenlet per answer, calling the model step by step.
+
+Model call `step` 0, 1, ... streams text, reasoning and tool call fragments
+into the stream, which the checkpointer commits. A call that asks for no tool
+ends the answer; otherwise its calls run (engine/toolsteps.py) and the model is
+called again with their results, at most `CHATSVC_MAX_STEPS` times. Every model
+call is metered once: one llm_calls row, committed with the calls it asked for
+or with the answer's ending.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
 
-from chatsvc.config import Settings
-from chatsvc.engine import llm, prompts
-from chatsvc.engine import messages as message_rows
+from chatsvc.config import OFFLINE_MODEL, Settings
+from chatsvc.engine import builtin_tools, history, ledger, llm, prompts
 from chatsvc.engine.checkpoint import Checkpointer
-from chatsvc.engine.stream import Ending, State, Stream
+from chatsvc.engine.stream import Ending, Meter, State, Stream
+from chatsvc.engine.tools import Registry
+from chatsvc.engine.toolsteps import ToolSteps
 
 log = logging.getLogger(__name__)
+
+NOT_RUN_MAX_STEPS = "Not run: the answer reached its limit of model calls (CHATSVC_MAX_STEPS)."
+
+
+@dataclass
+class ModelCall:
+    """One model call as it streams: what it was asked, what it said, what it reported using."""
+
+    prompt: prompts.Prompt
+    produced: list[str] = field(default_factory=list)
+    usage: llm.Piece | None = None
+
+    def meter(self, step: int) -> Meter:
+        """Its llm_calls row: the reported usage, or an estimate when there was none."""
+        if self.usage is not None and self.usage.usage is not None:
+            return Meter(step, self.usage.usage, self.usage.estimated)
+        estimate = {
+            "prompt_tokens": llm.estimate_tokens(json.dumps(self.prompt)),
+            "completion_tokens": llm.estimate_tokens("".join(self.produced)),
+        }
+        return Meter(step, estimate, True)
 
 
 class Answerer:
     """Starts and runs the answers this process owns, one greenlet each."""
 
-    def __init__(self, settings: Settings, pool: Any, checkpointer: Checkpointer) -> None:
+    def __init__(
+        self, settings: Settings, pool: Any, checkpointer: Checkpointer, registry: Registry
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.checkpointer = checkpointer
+        self.registry = registry
 
     def start(self, stream: Stream, *, resumed: bool = False) -> Stream:
         """Begin (or, after a takeover, continue) generating an answer this process owns."""
@@ -31,59 +65,109 @@ class Answerer:
         stream.worker = gevent.spawn(self._run, stream, resumed)
         return stream
 
-    def _prompt(self, stream: Stream, resumed: bool) -> list[dict[str, str]]:
-        with self.pool.connection() as conn:
-            rows = message_rows.in_conversation(conn, stream.conversation_id)
-        history: list[tuple[str, str]] = []
-        partial = None
-        for row in rows:
-            if row.id == stream.message_id:
-                partial = row.content[: stream.committed] if resumed else None
-                break
-            history.append((row.role, row.content))
-        return prompts.prompt_for(history, partial)
+    def tools_for(self, model: str) -> Registry:
+        """The tools offered to a model: the operator's, and the built-in ones for the offline
+        model only (a real model never gets a tool its operator did not configure)."""
+        if model == OFFLINE_MODEL:
+            return Registry({**builtin_tools.REGISTRY.tools, **self.registry.tools})
+        return self.registry
 
     def _run(self, stream: Stream, resumed: bool) -> None:
-        usage: llm.Piece | None = None
-        produced: list[str] = []
-        prompt: list[dict[str, str]] = []
+        current: ModelCall | None = None
+        steps: ToolSteps | None = None
         try:
-            prompt = self._prompt(stream, resumed)
-            for piece in llm.stream(self.settings, stream.model, prompt):
-                if piece.text:
-                    produced.append(piece.text)
-                    self.checkpointer.append(stream, piece.text)
-                if piece.usage is not None:
-                    usage = piece
-            ending = self._ending("completed", usage, prompt, produced)
+            registry = self.tools_for(stream.model)
+            with self.pool.connection() as conn:
+                user = history.user_name(conn, stream.user_id)
+                if resumed:
+                    stream.calls = ledger.read(conn, stream.message_id)
+            steps = ToolSteps(self.checkpointer, registry, user)
+            continuing = resumed and not steps.recover(stream)
+            while True:
+                if stream.step >= self.settings.max_steps:
+                    ending = Ending("completed", called=False, error=self._max_steps_error())
+                    break
+                current = ModelCall(self._prompt(stream, continuing))
+                self._call(stream, current, registry)
+                stream.meters.append(current.meter(stream.step))
+                current, continuing = None, False
+                entries = stream.layout.complete(stream.step)
+                self.checkpointer.changed(stream)
+                if not entries:
+                    ending = Ending("completed", called=False)
+                    break
+                if stream.step + 1 >= self.settings.max_steps:
+                    steps.refuse(stream, entries, NOT_RUN_MAX_STEPS)
+                    ending = Ending("completed", called=False, error=self._max_steps_error())
+                    break
+                steps.run(stream, entries)
         except Exception as exc:
             # Cancelled and Fenced are thrown into this greenlet wherever it waits,
             # often inside litellm, which wraps them: decide by the stream's state.
             if stream.handed_off:
                 return
+            if current is not None:
+                stream.meters.append(current.meter(stream.step))
             if stream.state is State.CANCELLING:
-                ending = self._ending("cancelled", usage, prompt, produced)
+                if steps is not None:
+                    steps.abandon(stream, ledger.CANCELLED)
+                ending = Ending("cancelled", called=False)
             else:
                 log.warning("answer %s failed: %s", stream.message_id, exc)
-                ending = self._ending(
-                    "failed", usage, prompt, produced, error=llm.readable_error(exc)
-                )
+                ending = Ending("failed", called=False, error=llm.readable_error(exc))
         self.checkpointer.end(stream, ending)
 
+    def _max_steps_error(self) -> str:
+        return (
+            f"The answer stopped after {self.settings.max_steps} model calls "
+            f"(CHATSVC_MAX_STEPS); the tools of its last call were not run."
+        )
+
+    def _call(self, stream: Stream, call: ModelCall, registry: Registry) -> None:
+        """Stream one model call into the stream's parts."""
+        offered = registry.for_model() or None
+        for piece in llm.stream(self.settings, stream.model, call.prompt, offered):
+            if piece.reasoning:
+                call.produced.append(piece.reasoning)
+                self.checkpointer.append_reasoning(stream, piece.reasoning)
+            if piece.text:
+                call.produced.append(piece.text)
+                self.checkpointer.append(stream, piece.text)
+            for fragment in piece.tool_calls:
+                call.produced.append(fragment.arguments)
+                if stream.accepts_text:
+                    stream.layout.tool_fragment(
+                        stream.step, fragment.index, fragment.id, fragment.name, fragment.arguments
+                    )
+                    self.checkpointer.changed(stream)
+            if piece.usage is not None:
+                call.usage = piece
+
+    def _prompt(self, stream: Stream, continuing: bool) -> prompts.Prompt:
+        """The conversation before the answer, then the answer's committed parts."""
+        with self.pool.connection() as conn:
+            before, answer = history.said_before(conn, stream.conversation_id, stream.message_id)
+        messages: prompts.Prompt = []
+        for said in before:
+            if said.role == "assistant" and said.parts:
+                exchanges, text = prompts.answer_messages(said.parts, said.steps)
+                messages += exchanges
+                if text:
+                    messages.append({"role": "assistant", "content": text})
+            elif said.content:
+                messages.append({"role": said.role, "content": said.content})
+        if answer is not None and answer.parts:
+            exchanges, partial = prompts.answer_messages(answer.parts, answer.steps)
+            messages += exchanges
+            # Only the text of the model call that was cut off is continued.
+            if continuing and self._cut_off_text(stream):
+                messages += prompts.continuation(partial)
+        return messages
+
     @staticmethod
-    def _ending(
-        status: str,
-        usage: llm.Piece | None,
-        prompt: list[dict[str, str]],
-        produced: list[str],
-        error: str | None = None,
-    ) -> Ending:
-        if not prompt:
-            return Ending(status, error=error, called=False)
-        if usage is not None:
-            return Ending(status, usage=usage.usage, estimated=usage.estimated, error=error)
-        estimate = {
-            "prompt_tokens": llm.estimate_tokens(json.dumps(prompt)),
-            "completion_tokens": llm.estimate_tokens("".join(produced)),
-        }
-        return Ending(status, usage=estimate, estimated=True, error=error)
+    def _cut_off_text(stream: Stream) -> bool:
+        entries = stream.layout.entries
+        if entries is None:
+            return stream.committed > 0
+        text = [e for e in entries if e["type"] == "text"]
+        return bool(text) and text[-1]["step"] == stream.step and entries[-1]["type"] != "tool"

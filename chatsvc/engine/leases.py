@@ -17,6 +17,7 @@ after the lease.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import random
@@ -36,6 +37,7 @@ from chatsvc.engine import events
 from chatsvc.engine.answers import Answerer
 from chatsvc.engine.background import Background
 from chatsvc.engine.checkpoint import Checkpointer
+from chatsvc.engine.parts import Entry, Layout
 from chatsvc.engine.stream import Ending, State, Stream
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,29 @@ class Claim:
     epoch: int
     content_length: int
     resume_count: int
+    reasoning_length: int
+    tool_version: int
+    step: int
+    layout: list[Entry] | None
+
+    def stream(self, default_model: str) -> Stream:
+        """The stream of the claimed answer, its parts and counters restored as committed."""
+        return Stream(
+            message_id=self.id,
+            conversation_id=self.conversation_id,
+            user_id=self.user_id,
+            model=self.model or default_model,
+            epoch=self.epoch,
+            committed=self.content_length,
+            layout=Layout.restore(
+                self.layout, self.content_length, self.reasoning_length, self.tool_version
+            ),
+            committed_reasoning=self.reasoning_length,
+            committed_version=self.tool_version,
+            committed_layout=copy.deepcopy(self.layout),
+            step=self.step,
+            committed_step=self.step,
+        )
 
 
 SELECT_OTHER_OWNERS = """
@@ -73,8 +98,9 @@ UNLOCK_OWNER = "SELECT pg_advisory_unlock(%s, %s)"
 # Orphans: lease expired (or released on shutdown: owner NULL, lease = now), or
 # the owner's session is gone. SKIP LOCKED: a row another process is claiming,
 # or that its owner is checkpointing this instant, is simply not ours to take.
-# The LLM call of the epoch that ended is recorded here, estimated, unless its
-# owner recorded it (the hand-over transaction of SPEC "token accounting").
+# The model call the ended epoch was making is recorded here, estimated: the
+# call of step `m.step`, unless a row says that call already ended (the owner
+# metered it, and died while its tools ran) or that epoch's row is there.
 TAKE_OVER = """
 WITH orphans AS (
     SELECT id FROM messages
@@ -92,20 +118,24 @@ WITH orphans AS (
         lease_expires_at = now() + %(lease)s * interval '1 second'
     FROM orphans WHERE m.id = orphans.id
     RETURNING m.id, m.conversation_id, m.user_id, m.model, m.epoch, m.content_length,
-              m.resume_count, m.seq
+              m.resume_count, m.seq, m.reasoning_length, m.tool_version, m.step, m.layout
 ), calls AS (
-    INSERT INTO llm_calls (message_id, user_id, epoch, model, prompt_tokens,
+    INSERT INTO llm_calls (message_id, user_id, epoch, step, model, prompt_tokens,
                            completion_tokens, estimated)
-    SELECT c.id, c.user_id, c.epoch - 1, coalesce(c.model, ''),
+    SELECT c.id, c.user_id, c.epoch - 1, c.step, coalesce(c.model, ''),
            ((SELECT coalesce(sum(char_length(p.content)), 0) FROM messages p
              WHERE p.conversation_id = c.conversation_id AND p.seq < c.seq) / 4)::int,
            ((SELECT coalesce(sum(char_length(k.content)), 0) FROM message_chunks k
              WHERE k.message_id = c.id AND k.epoch = c.epoch - 1) / 4)::int,
            true
     FROM claimed c
-    WHERE NOT EXISTS (SELECT 1 FROM llm_calls l WHERE l.message_id = c.id AND l.epoch = c.epoch - 1)
+    WHERE NOT EXISTS (SELECT 1 FROM llm_calls l
+                      WHERE l.message_id = c.id AND l.step = c.step
+                        AND (l.epoch = c.epoch - 1 OR NOT l.estimated))
 )
-SELECT id, conversation_id, user_id, model, epoch, content_length, resume_count FROM claimed
+SELECT id, conversation_id, user_id, model, epoch, content_length, resume_count,
+       reasoning_length, tool_version, step, layout
+FROM claimed
 """
 
 
@@ -168,14 +198,7 @@ class Reaper(Background):
             )
         for claim in claims:
             self.taken += 1
-            stream = Stream(
-                message_id=claim.id,
-                conversation_id=claim.conversation_id,
-                user_id=claim.user_id,
-                model=claim.model or self.settings.model,
-                epoch=claim.epoch,
-                committed=claim.content_length,
-            )
+            stream = claim.stream(self.settings.model)
             if claim in resumed:
                 log.info(
                     "resuming %s at offset %d (epoch %d)",

@@ -214,6 +214,4 @@ FROM tool_calls WHERE message_id = %s ORDER BY step, started_at, tool_call_id
 def read(conn: Connection[Any], message_id: UUID) -> dict[str, Call]:
     """The ledger of an answer, by tool_call_id (for the process that takes it over)."""
     rows = conn.cursor(row_factory=dict_row).execute(SELECT_CALLS, (message_id,)).fetchall()
-    return {
-        row["tool_call_id"]: Call(**{**row, "status": Status(row["status"])}) for row in rows
-    }
+    return {row["tool_call_id"]: Call(**{**row, "status": Status(row["status"])}) for row in rows}

@@ -10,7 +10,7 @@ import socket
 import psycopg.waiting
 
 from chatsvc.config import Settings
-from chatsvc.engine import db, events, hub
+from chatsvc.engine import db, events, hub, tools
 from chatsvc.engine.answers import Answerer
 from chatsvc.engine.checkpoint import Checkpointer
 from chatsvc.engine.followers import RecentRows, Sources
@@ -47,7 +47,9 @@ class Runtime:
             own_pids=self._own_pids,
             liveness_lock=(OWNER_LOCK_CLASS, owner_lock_key(self.owner)),
         )
-        self.answerer = Answerer(settings, self.pool, self.checkpointer)
+        # Loaded once per process; `chatsvc serve` refuses a bad tools file before this.
+        self.tools = tools.load(settings.tools_file)
+        self.answerer = Answerer(settings, self.pool, self.checkpointer, self.tools)
         self.reaper = Reaper(
             settings,
             self.pool,
