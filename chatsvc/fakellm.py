@@ -22,6 +22,11 @@ message, e.g. "@fake chunks=40 size=3 delay=0.02 alphabet=mixed fail_after=10":
                 fragments of `size` characters, then answers with its text once
                 the prompt holds the results of `steps` such steps
     steps       how many steps of tool calls before the text (default 1)
+    stall_step  the first request for this model call step (of this question)
+                waits before it answers, until `stall` seconds pass (default
+                3600) or `release` is set; later requests for it do not, so a
+                test can kill a process while its model call is in flight and
+                watch another make it again (`stalled` is set meanwhile)
 
 Chunk counts for fail_after and hang_after include reasoning and argument
 fragments. The answer is a pure function of the directives and of how many tool
@@ -138,6 +143,9 @@ class FakeLLM:
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.default: dict[str, str] = {}
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+        self._stalls: set[tuple[str, int]] = set()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         if environ["REQUEST_METHOD"] != "POST" or not environ["PATH_INFO"].endswith(
@@ -164,6 +172,9 @@ class FakeLLM:
         directives = {**self.default, **parse_directives(question)}
         size = int(directives.get("size", 4))
         step = tool_steps_done(messages)
+        if directives.get("stall_step") == str(step) and self._first(question, step):
+            self.stalled.set()
+            self.release.wait(float(directives.get("stall", 3600)))
         deltas: list[dict[str, Any]] = [
             {"reasoning_content": piece}
             for piece in split(script_reasoning(directives, step), size)
@@ -183,6 +194,12 @@ class FakeLLM:
         return self._events(
             deltas, finish, directives, body.get("model", "fake"), len(json.dumps(messages))
         )
+
+    def _first(self, question: str, step: int) -> bool:
+        with self.lock:
+            first = (question, step) not in self._stalls
+            self._stalls.add((question, step))
+            return first
 
     def _events(
         self,
