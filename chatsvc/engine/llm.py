@@ -22,6 +22,7 @@ from litellm.llms.custom_llm import CustomLLM
 from litellm.types.utils import GenericStreamingChunk
 
 from chatsvc.config import OFFLINE_MODEL, Settings
+from chatsvc.engine.builtin_tools import CURRENT_TIME
 from chatsvc.engine.prompts import CONTINUE_INSTRUCTION
 
 # litellm's per-chunk logging runs in a thread pool that breaks under gevent.
@@ -151,26 +152,61 @@ def readable_error(exc: BaseException) -> str:
 # --- the built-in offline model --------------------------------------------------
 
 OFFLINE_TEMPLATE = (
-    "You said: \u201c{question}\u201d. This answer comes from chatsvc's built-in offline model, "
-    "which needs no network and no API key. It streams a fixed text at a steady pace, so you "
-    "can watch an answer being written: every few words are committed to Postgres, where a "
+    "You said: \u201c{question}\u201d. {told}This answer comes from chatsvc's built-in offline "
+    "model, which needs no network and no API key. It streams a fixed text at a steady pace, so "
+    "you can watch an answer being written: every few words are committed to Postgres, where a "
     "reconnecting browser, another server process or psql can read them while the answer "
-    "grows. Set CHATSVC_MODEL to any litellm model name, and CHATSVC_LLM_API_KEY if it needs "
-    "one, to talk to a real provider instead."
+    "grows.\n\n"
+    "Try it: open this conversation in a second tab, or on another server process of the same "
+    "database, and both show the same words at the same time. Reload the page in the middle of "
+    "the answer and it picks up where it was, because the text you see is the text that is "
+    "committed, never more. Stop the answer with the Stop button and it ends as cancelled with "
+    "the words it had; press Continue and it goes on from exactly there. Kill the process that "
+    "writes it and another process takes the answer over when its lease runs out, and appends "
+    "to the same text at the same offsets, so no client ever has to take a word back.\n\n"
+    "Ask it what time it is and it calls its one built-in tool, current_time, the way a real "
+    "model calls yours: the call is recorded in the tool_calls table before it runs, its "
+    "result is committed before the model is asked again, and the answer shows the call as a "
+    "card with its input and its output.\n\n"
+    "From psql, SELECT content_length FROM active_streams shows an answer growing, "
+    "message_parts(m) shows its reasoning, text and tool calls in order, and an UPDATE of "
+    "cancel_requested_at stops it within a checkpoint.\n\n"
+    "Set CHATSVC_MODEL to any litellm model name, and CHATSVC_LLM_API_KEY if it needs one, to "
+    "talk to a real provider instead; set CHATSVC_TOOLS_FILE to give it tools of your own."
 )
 
+OFFLINE_TOOL_CALL_ID = "call_offline_time"
 
-def offline_answer(messages: list[dict[str, str]]) -> str:
-    """The deterministic answer to a conversation: it quotes the question being answered."""
-    question = ""
-    for message in reversed(messages):
+
+def _question(messages: list[dict[str, Any]]) -> tuple[str, int]:
+    """The question being answered, and where it is in the prompt."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
         if message["role"] == "user" and message["content"] != CONTINUE_INSTRUCTION:
-            question = message["content"]
-            break
+            return str(message["content"]), index
+    return "", -1
+
+
+def _tool_results(messages: list[dict[str, Any]], since: int) -> list[str]:
+    return [str(m.get("content")) for m in messages[since + 1 :] if m["role"] == "tool"]
+
+
+def offline_wants_time(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> bool:
+    """Whether the offline model calls current_time: asked the time, offered it, not yet told."""
+    question, at = _question(messages)
+    offered = any(t.get("function", {}).get("name") == CURRENT_TIME for t in tools or ())
+    asked = re.search(r"\b(time|clock)\b", question, re.IGNORECASE) is not None
+    return offered and asked and not _tool_results(messages, at)
+
+
+def offline_answer(messages: list[dict[str, Any]]) -> str:
+    """The deterministic answer to a conversation: it quotes the question being answered."""
+    question, at = _question(messages)
     question = " ".join(question.split())
     if len(question) > 120:
         question = question[:119] + "\u2026"
-    return OFFLINE_TEMPLATE.format(question=question)
+    told = "".join(f"The current_time tool says: {r}. " for r in _tool_results(messages, at))
+    return OFFLINE_TEMPLATE.format(question=question, told=told)
 
 
 def offline_pieces(text: str) -> list[str]:
@@ -182,18 +218,31 @@ class OfflineModel(CustomLLM):
     """A litellm custom provider that streams a deterministic answer at a realistic pace."""
 
     def streaming(self, *args: Any, **kwargs: Any) -> Iterator[GenericStreamingChunk]:
-        messages: list[dict[str, str]] = kwargs["messages"]
-        delay = float(kwargs.get("optional_params", {}).get("delay", 0.03))
+        messages: list[dict[str, Any]] = kwargs["messages"]
+        optional = kwargs.get("optional_params", {})
+        delay = float(optional.get("delay", 0.03))
+        prompt_tokens = sum(estimate_tokens(str(m.get("content") or "")) for m in messages)
+        if offline_wants_time(messages, optional.get("tools")):
+            time.sleep(delay)
+            call = {
+                "id": OFFLINE_TOOL_CALL_ID,
+                "type": "function",
+                "function": {"name": CURRENT_TIME, "arguments": "{}"},
+                "index": 0,
+            }
+            yield _chunk("", finished=False, index=0, tool_use=call)
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 1}
+            yield _chunk("", finished=True, index=1, usage=usage, reason="tool_calls")
+            return
         answer = offline_answer(messages)
         partial = ""
         if messages and messages[-1]["content"] == CONTINUE_INSTRUCTION and len(messages) > 1:
-            partial = messages[-2]["content"]
+            partial = str(messages[-2]["content"] or "")
         rest = answer[len(partial) :] if answer.startswith(partial) else answer
         pieces = offline_pieces(rest)
         for index, piece in enumerate(pieces):
             time.sleep(delay)
             yield _chunk(piece, finished=False, index=index)
-        prompt_tokens = sum(estimate_tokens(m["content"]) for m in messages)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": len(pieces),
@@ -210,13 +259,19 @@ class OfflineModel(CustomLLM):
 
 
 def _chunk(
-    text: str, *, finished: bool, index: int, usage: dict[str, int] | None = None
+    text: str,
+    *,
+    finished: bool,
+    index: int,
+    usage: dict[str, int] | None = None,
+    tool_use: dict[str, Any] | None = None,
+    reason: str = "stop",
 ) -> GenericStreamingChunk:
     return {
         "text": text,
-        "tool_use": None,
+        "tool_use": tool_use,  # type: ignore[typeddict-item]
         "is_finished": finished,
-        "finish_reason": "stop" if finished else "",
+        "finish_reason": reason if finished else "",
         "usage": usage,  # type: ignore[typeddict-item]
         "index": 0,
     }

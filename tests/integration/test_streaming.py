@@ -439,6 +439,31 @@ def test_offline_model_streams_without_network(db_url: str) -> None:
         server.stop()
 
 
+def test_offline_model_calls_its_built_in_tool_when_asked_the_time(db_url: str) -> None:
+    server = AppServer(db_url, TEST_SETTINGS.with_(model=Settings().model))
+    try:
+        client = ApiClient(server.base, make_user(db_url, "fay"))
+        message_id = client.ask("What time is it?")
+        final = client.wait_terminal(message_id)
+        assert final["status"] == "completed", final
+        with psycopg.connect(db_url) as conn:
+            parts, content = conn.execute(
+                "SELECT parts, content FROM messages WHERE id = %s", (message_id,)
+            ).fetchone()
+            calls = conn.execute(
+                "SELECT count(*) FROM llm_calls WHERE message_id = %s", (message_id,)
+            ).fetchone()
+        tool, text = parts
+        assert tool["name"] == "current_time" and tool["state"] == "output-available"
+        assert tool["output"]["utc"].endswith("Z") and tool["output"]["utc"] in content
+        assert text == {"type": "text", "text": content} and calls == (2,)
+        # Asked something else, the offline model calls no tool.
+        plain = client.wait_terminal(client.ask("Hello"))
+        assert "current_time tool says" not in plain["content"]
+    finally:
+        server.stop()
+
+
 def _wal_lsn(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
     assert row is not None
