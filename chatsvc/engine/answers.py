@@ -109,12 +109,14 @@ class Answerer:
             if current is not None:
                 stream.meters.append(current.meter(stream.step))
             if stream.state is State.CANCELLING:
-                if steps is not None:
-                    steps.abandon(stream, ledger.CANCELLED)
                 ending = Ending("cancelled", called=False)
+                running, unsent = ledger.CANCELLED, ledger.NOT_SENT_CANCELLED
             else:
                 log.warning("answer %s failed: %s", stream.message_id, exc)
                 ending = Ending("failed", called=False, error=llm.readable_error(exc))
+                running, unsent = ledger.ENDED_RUNNING, ledger.NOT_SENT_FAILED
+            if steps is not None:
+                steps.abandon(stream, running, unsent)
         self.checkpointer.end(stream, ending)
 
     def _max_steps_error(self) -> str:

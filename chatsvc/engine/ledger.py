@@ -49,6 +49,8 @@ NOT_SENT_CUT_OFF = (
     "The answer was interrupted while the model wrote this call's arguments; it was not run."
 )
 
+NOT_SENT_CANCELLED = "Not run: the answer was cancelled first."
+NOT_SENT_FAILED = "Not run: the answer failed first."
 ENDED_RUNNING = "The answer ended while this call ran; its outcome is unknown."
 
 

@@ -85,12 +85,12 @@ class ToolSteps:
         self._send(stream, sends)
         return True
 
-    def abandon(self, stream: Stream, error: str) -> None:
-        """End the calls still running `unknown` (the answer stops without their outcome)."""
+    def abandon(self, stream: Stream, running: str, unsent: str) -> None:
+        """The answer stops: calls still running end `unknown`, calls never sent `failed`."""
         for call in list(stream.calls.values()):
             if call.status is Status.RUNNING:
-                stream.record(call.move(Status.UNKNOWN, error=error))
-        self.checkpointer.changed(stream)
+                stream.record(call.move(Status.UNKNOWN, error=running))
+        self.refuse(stream, stream.layout.tools(), unsent)
 
     def _check(self, stream: Stream, entry: Entry) -> Send | None:
         """The call to send, or None after recording why it cannot be sent."""

@@ -159,3 +159,23 @@ def test_an_event_that_cannot_shrink_is_refused() -> None:
 def test_the_items_are_json_arrays_named_by_their_kind() -> None:
     assert json.loads(events.item(CancelRequested(C, M))) == ["c", str(C), str(M)]
     assert events.decode(f'[["c", "{C}", "{M}"]]') == [CancelRequested(C, UUID(str(M)))]
+
+
+def test_a_streams_events_travel_joined_or_all_in_their_small_forms() -> None:
+    part = {"type": "tool", "tool_call_id": "t", "name": "n", "state": "input-available"}
+    batch: list[Event] = [
+        Delta(C, M, 0, 3, "abc"),
+        ReasoningDelta(C, M, 0, 2, "hm"),
+        ToolChanged(C, M, 4, "t", part),
+    ]
+    assert events.joined([]) is None
+    joined = events.joined(batch)
+    assert joined is not None and events.decode("[" + joined + "]") == batch
+    big: list[Event] = [Delta(C, M, 0, 4000, "x" * 4000), ReasoningDelta(C, M, 0, 4000, "y" * 4000)]
+    small = events.joined([*big, ToolChanged(C, M, 5, "t", part)])
+    assert small is not None and len(small.encode()) <= events.MAX_ITEM_BYTES
+    assert [getattr(e, "text", getattr(e, "part", None)) for e in events.decode(f"[{small}]")] == [
+        None,
+        None,
+        None,
+    ]
