@@ -38,6 +38,14 @@ def make_user(
         return users.create_token(conn, user.id)
 
 
+def query(db_url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    """The rows of a query, as dicts (tests read the database directly)."""
+    with psycopg.connect(db_url) as conn:
+        cur = conn.execute(sql, params)
+        names = [c.name for c in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
 class AppServer:
     """create_app() served by gevent's WSGI server on an ephemeral 127.0.0.1 port."""
 

@@ -75,22 +75,18 @@ class Call:
     @classmethod
     def refused(cls, message_id: UUID, entry: Entry, arguments: Any, error: str) -> Call:
         """A call never sent: its tool is unknown, or its arguments do not fit."""
-        _check(None, Status.FAILED)
-        tool_call_id = entry["tool_call_id"]
-        return cls(
-            tool_call_id,
-            entry["step"],
-            entry["name"],
-            arguments,
-            key(message_id, tool_call_id),
-            Status.FAILED,
-            error=error,
-        )
+        return cls._new(message_id, entry, arguments, Status.FAILED, error=error)
 
     @classmethod
     def sent(cls, message_id: UUID, entry: Entry, arguments: Any) -> Call:
         """A call about to be sent for the first time."""
-        _check(None, Status.RUNNING)
+        return cls._new(message_id, entry, arguments, Status.RUNNING, attempts=1)
+
+    @classmethod
+    def _new(
+        cls, message_id: UUID, entry: Entry, arguments: Any, status: Status, **rest: Any
+    ) -> Call:
+        _check(None, status)
         tool_call_id = entry["tool_call_id"]
         return cls(
             tool_call_id,
@@ -98,8 +94,8 @@ class Call:
             entry["name"],
             arguments,
             key(message_id, tool_call_id),
-            Status.RUNNING,
-            attempts=1,
+            status,
+            **rest,
         )
 
     def move(self, to: Status, *, output: Any = None, error: str | None = None) -> Call:

@@ -178,6 +178,14 @@ def pair(shared_db: str, fake_llm: FakeLLMServer) -> Iterator[tuple[Instance, In
 
 
 @pytest.fixture
+def db(pg_server: str, template_db: str) -> Iterator[str]:
+    """A database of this test's own (its instances die in unusual ways)."""
+    name = clone_database(pg_server, template_db)
+    yield database_url(pg_server, name)
+    drop_database(pg_server, name)
+
+
+@pytest.fixture
 def token(shared_db: str) -> str:
     """A token for a fresh user in the shared database."""
     return make_user(shared_db, f"user{next(_names)}")

