@@ -135,3 +135,48 @@ def test_a_minimum_interval_holds_text_back_and_commits_it_as_one_chunk(
     assert second_at - asked >= 0.5
     assert chunks == [(0, "a"), (1, "bc")]
     assert conn.execute("SELECT status, content FROM messages").fetchone() == ("completed", "abc")
+
+
+def test_parts_are_checkpointed_with_the_text_in_one_statement_and_notified_together(
+    conn: psycopg.Connection[Any], db_url: str
+) -> None:
+    ours, fenced = _streams(conn, 2)
+    conn.execute("UPDATE messages SET reasoning_length = 3 WHERE id = %s", (fenced.message_id,))
+    published: list[events.Event] = []
+    checkpointer = Checkpointer(db_url, TEST_SETTINGS, published.extend)
+    for stream in (ours, fenced):
+        checkpointer.adopt(stream)
+        checkpointer.append_reasoning(stream, "hmm")
+        checkpointer.append(stream, "Let me add.")
+        stream.layout.tool_fragment(0, 0, "c1", "add", '{"n":')
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN chatsvc")
+        checkpointer.checkpoint_once()
+        notices = list(listener.notifies(timeout=1))
+    checkpointer.stop()
+
+    assert checkpointer.stats.transactions == 1 and len(notices) == 1
+    received = events.decode(notices[0].payload)
+    assert received == published  # one item string per stream, the fenced one left out
+    delta, reasoning, tool = received
+    assert isinstance(delta, events.Delta) and delta.text == "Let me add."
+    assert isinstance(reasoning, events.ReasoningDelta) and (reasoning.start, reasoning.text) == (
+        0,
+        "hmm",
+    )
+    assert isinstance(tool, events.ToolChanged) and tool.part == {
+        "type": "tool",
+        "tool_call_id": "c1",
+        "name": "add",
+        "input": '{"n":',
+        "state": "input-streaming",
+    }
+    assert fenced.state is State.LOST
+    row = conn.execute(
+        "SELECT content_length, reasoning_length, tool_version, layout, message_parts(m) "
+        "FROM messages m WHERE id = %s",
+        (ours.message_id,),
+    ).fetchone()
+    assert row[:3] == (11, 3, 1) and row[3] == ours.layout.entries
+    assert [p["type"] for p in row[4]] == ["reasoning", "text", "tool"]
+    assert (ours.committed, ours.committed_reasoning, ours.committed_version) == (11, 3, 1)
