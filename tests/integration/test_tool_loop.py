@@ -145,6 +145,13 @@ def test_two_calls_of_one_step_run_and_their_results_reach_the_model(
     assert [c[0] for c in calls] == [0, 1] and not any(c[3] for c in calls)
     assert usage["prompt_tokens"] == sum(c[1] for c in calls)
     assert usage["completion_tokens"] == sum(c[2] for c in calls)
+    # A later turn is told the earlier answer's tool exchange and text, never its reasoning.
+    conversation_id = client.get(f"/api/messages/{message_id}").json()["conversation_id"]
+    later = client.send(conversation_id, "@fake chunks=2")["assistant_message"]["id"]
+    client.wait_terminal(later)
+    told = fake_llm.app.requests[-1]["messages"]
+    assert [m["role"] for m in told] == ["user", "assistant", "tool", "tool", "assistant", "user"]
+    assert told[4]["content"] == content and reasoning[:8] not in json.dumps(told)
 
 
 def test_invalid_calls_are_never_sent_and_the_model_is_told_why(
