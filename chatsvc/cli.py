@@ -1,4 +1,4 @@
-"""The `chatsvc` command line (SPEC section 5).
+"""The `chatsvc` command line (documented in README.md, "Command line").
 
 `serve` runs in what becomes gunicorn's master, so this module imports psycopg
 (through the query modules) only inside the commands that talk to the database.

@@ -18,7 +18,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything chatsvc can be configured with (SPEC section 6)."""
+    """Everything chatsvc can be configured with (the README's configuration table)."""
 
     database_url: str | None = None
     data_dir: Path = Path(".chatsvc")

@@ -31,7 +31,7 @@ class ApiError(ChatsvcError):
     headers: ClassVar[dict[str, str]] = {}
 
     def body(self) -> dict[str, Any]:
-        """The SPEC's error body."""
+        """The error body every route uses: {"error": {"code", "message"}}."""
         return {"error": {"code": self.code, "message": self.message}}
 
 

@@ -60,7 +60,7 @@ def _error_response(error: ApiError) -> Response:
 
 
 def register_error_handlers(app: Flask) -> None:
-    """Every failure leaves in the SPEC's error format."""
+    """Every failure leaves with the error body of docs/api.md."""
 
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError) -> Response:

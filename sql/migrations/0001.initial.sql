@@ -1,4 +1,4 @@
--- chatsvc schema, version 1: the whole of SPEC.md, readable from psql.
+-- chatsvc schema, version 1: users, projects, conversations and streaming answers, readable from psql.
 
 CREATE TABLE users (
     id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),

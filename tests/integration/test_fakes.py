@@ -18,13 +18,6 @@ QUESTION = '@fake reasoning=3 size=4 delay=0 calls=charge:{"amount":5};lookup:{"
 
 
 @pytest.fixture
-def fake_llm() -> Iterator[FakeLLMServer]:
-    server = FakeLLMServer()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def fake_tools() -> Iterator[FakeToolServer]:
     server = FakeToolServer(slow_s=0.1)
     yield server

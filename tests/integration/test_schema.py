@@ -128,6 +128,16 @@ def _conversation(conn: psycopg.Connection[Any]) -> Any:
     ).fetchone()[0]
 
 
+def _streaming_answer(conn: psycopg.Connection[Any]) -> tuple[Any, Any]:
+    _, conversation = _conversation(conn)
+    message = conn.execute(
+        "INSERT INTO messages (conversation_id, role, status) VALUES (%s, 'assistant', "
+        "'streaming') RETURNING id",
+        (conversation,),
+    ).fetchone()[0]
+    return conversation, message
+
+
 def test_database_allows_one_streaming_answer_per_conversation(
     conn: psycopg.Connection[Any],
 ) -> None:
@@ -152,12 +162,7 @@ def test_client_message_id_is_unique_per_conversation(conn: psycopg.Connection[A
 
 
 def test_psql_cancel_update_notifies_the_owner(conn: psycopg.Connection[Any], db_url: str) -> None:
-    _, conversation = _conversation(conn)
-    message = conn.execute(
-        "INSERT INTO messages (conversation_id, role, status) VALUES (%s, 'assistant', "
-        "'streaming') RETURNING id",
-        (conversation,),
-    ).fetchone()[0]
+    conversation, message = _streaming_answer(conn)
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute("LISTEN chatsvc")
         conn.execute("UPDATE messages SET cancel_requested_at = now() WHERE id = %s", (message,))
@@ -168,12 +173,7 @@ def test_psql_cancel_update_notifies_the_owner(conn: psycopg.Connection[Any], db
 
 
 def test_deleting_a_streaming_answer_deletes_its_chunks(conn: psycopg.Connection[Any]) -> None:
-    _, conversation = _conversation(conn)
-    message = conn.execute(
-        "INSERT INTO messages (conversation_id, role, status) VALUES (%s, 'assistant', "
-        "'streaming') RETURNING id",
-        (conversation,),
-    ).fetchone()[0]
+    conversation, message = _streaming_answer(conn)
     conn.execute(
         "INSERT INTO message_chunks (message_id, start_offset, epoch, content) "
         "VALUES (%s, 0, 1, 'partial')",
