@@ -22,11 +22,9 @@ from chatsvc.engine import builtin_tools, history, ledger, llm, prompts
 from chatsvc.engine.checkpoint import Checkpointer
 from chatsvc.engine.stream import Ending, Meter, State, Stream
 from chatsvc.engine.tools import Registry
-from chatsvc.engine.toolsteps import ToolSteps
+from chatsvc.engine.toolsteps import NOT_RUN_MAX_STEPS, ToolSteps
 
 log = logging.getLogger(__name__)
-
-NOT_RUN_MAX_STEPS = "Not run: the answer reached its limit of model calls (CHATSVC_MAX_STEPS)."
 
 
 @dataclass
@@ -82,7 +80,7 @@ class Answerer:
                 if resumed:
                     stream.calls = ledger.read(conn, stream.message_id)
             steps = ToolSteps(self.checkpointer, registry, user)
-            continuing = resumed and not steps.recover(stream)
+            continuing = resumed and not steps.recover(stream, self.settings.max_steps)
             while True:
                 if stream.step >= self.settings.max_steps:
                     ending = Ending("completed", called=False, error=self._max_steps_error())

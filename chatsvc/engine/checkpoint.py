@@ -2,15 +2,19 @@
 
 Each answer this process owns is a `Stream` (engine/stream.py), fed by a greenlet
 that reads the LLM (engine/answers.py).
-One `Checkpointer` greenlet per process commits the new text of every stream it
-owns: as soon as there is any and no commit is in flight (so an idle database
-gets each chunk at once), and otherwise in one transaction for everything that
+One `Checkpointer` greenlet per process commits the new text (and reasoning,
+layout and tool-call ledger rows) of every stream it owns: as soon as there is
+any and no commit is in flight (so an idle database gets each chunk at once),
+and otherwise in one transaction for everything that
 arrived meanwhile (group commit). `CHATSVC_CHECKPOINT_MIN_MS`, when set, holds
 back a stream's next checkpoint until that long after its last one: fewer,
 larger chunk rows and less WAL, for that much more latency. A transaction
-appends the new text of each stream as one chunk row, renews its lease, and
-notifies all of them in as few payloads as fit; the text becomes visible only
-after that commit. The statements are in engine/writes.py.
+appends the new text and reasoning of each stream as one chunk row of each kind,
+renews its lease, and notifies all of them in as few payloads as fit; the text
+becomes visible only after that commit. A stream whose answer records tool
+calls or meters a model call gets a transaction of several statements instead
+(the checkpoint, then its ledger rows and llm_calls rows), which the answer's
+greenlet can wait for with `flush`. The statements are in engine/writes.py.
 
 Every write is conditional on the stream's epoch and committed length, so a
 process that lost its lease cannot write another byte: its statements match no

@@ -27,6 +27,8 @@ from chatsvc.engine.tools import Registry, Tool, ToolCall, declaration_of
 
 log = logging.getLogger(__name__)
 
+NOT_RUN_MAX_STEPS = "Not run: the answer reached its limit of model calls (CHATSVC_MAX_STEPS)."
+
 
 @dataclass(frozen=True)
 class Send:
@@ -56,7 +58,7 @@ class ToolSteps:
                 stream.record(Call.refused(stream.message_id, entry, None, error))
         self.checkpointer.changed(stream)
 
-    def recover(self, stream: Stream) -> bool:
+    def recover(self, stream: Stream, max_steps: int) -> bool:
         """After a takeover: settle the step that was interrupted; False if there was none.
 
         When it returns True, the step's calls all have committed outcomes and
@@ -75,7 +77,9 @@ class ToolSteps:
         for entry in entries:
             call = stream.calls.get(entry["tool_call_id"])
             tool = self.registry.get(entry["name"])
-            if call is None:
+            if call is None and stream.step + 1 >= max_steps:
+                stream.record(Call.refused(stream.message_id, entry, None, NOT_RUN_MAX_STEPS))
+            elif call is None:
                 send = self._check(stream, entry)
                 sends += [send] if send is not None else []
             elif call.status is Status.RUNNING and tool and declaration_of(tool).idempotent:
