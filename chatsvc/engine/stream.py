@@ -214,7 +214,16 @@ class Stream:
         """Everything the next commit writes, with the events it announces."""
         text, reasoning = "".join(self.pending), "".join(self.pending_reasoning)
         entries = self.layout.entries
-        changed_tools = [e for e in self.layout.tools() if e["v"] > self.committed_version]
+        changed_tools = sorted(
+            (e for e in self.layout.tools() if e["v"] > self.committed_version),
+            key=lambda e: int(e["v"]),
+        )
+        # Several changes of one part between two commits are one committed
+        # change: renumber them so that the versions a reader sees are
+        # consecutive (a skipped version would send it to the database).
+        for number, entry in enumerate(changed_tools, start=self.committed_version + 1):
+            entry["v"] = number
+        self.layout.version = self.committed_version + len(changed_tools)
         announced: list[events.Event] = []
         if text:
             announced.append(self.delta(text))
@@ -225,7 +234,7 @@ class Stream:
                     self.conversation_id, self.message_id, self.committed_reasoning, end, reasoning
                 )
             )
-        for entry in sorted(changed_tools, key=lambda e: int(e["v"])):
+        for entry in changed_tools:
             part = ledger.part(entry, self.calls.get(entry["tool_call_id"]))
             announced.append(
                 events.ToolChanged(

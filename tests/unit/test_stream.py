@@ -6,6 +6,7 @@ from uuid import uuid4
 
 import pytest
 
+from chatsvc.engine import events
 from chatsvc.engine.stream import FINAL, NEXT, Ending, IllegalTransition, State, Stream
 
 ENDING = Ending("completed")
@@ -97,3 +98,21 @@ def test_a_delta_starts_at_the_committed_offset() -> None:
         10,
         "héllo",
     )
+
+
+def test_a_commit_takes_everything_pending_and_numbers_tool_changes_consecutively() -> None:
+    stream = Stream(uuid4(), uuid4(), None, "m", epoch=1, committed=0)
+    stream.add_reasoning("hm")
+    stream.add_text("Let me")
+    for fragment in ('{"a"', ":1", "}"):
+        stream.layout.tool_fragment(0, 0, "c1", "add", fragment)
+    stream.layout.tool_fragment(0, 1, "c2", "add", "{}")
+    take = stream.take()
+    assert (take.text, take.reasoning, take.version) == ("Let me", "hm", 2)
+    changes = [e for e in take.events if isinstance(e, events.ToolChanged)]
+    assert [(e.tool_call_id, e.version) for e in changes] == [("c1", 1), ("c2", 2)]
+    assert changes[0].part is not None and changes[0].part["input"] == '{"a":1}'
+    assert take.layout == stream.layout.entries and take.step is None
+    stream.taken(take)
+    assert (stream.committed, stream.committed_reasoning, stream.committed_version) == (6, 2, 2)
+    assert not stream.has_pending and stream.take().events == []
