@@ -14,6 +14,7 @@ import gevent
 import psycopg
 
 from chatsvc.engine.events import Delta, Finished, ReasoningDelta, ToolChanged
+from tests.integration.test_openapi_responses import Contract
 from tests.support import ApiClient, AppServer, SseEvent, WsClient
 
 Conn = psycopg.Connection[Any]
@@ -239,5 +240,30 @@ def test_websocket_subscribe_with_parts_and_a_composite_offset(
         ]
         ws.send({**subscribe, "message_id": str(message), "offset": "3.5"})
         assert ws.receive()["type"] == "error"
+    finally:
+        ws.close()
+
+
+def test_parts_responses_events_and_frames_answer_as_described(
+    app_server: AppServer, alice: ApiClient, conn: Conn
+) -> None:
+    contract = Contract(ApiClient(app_server.base, None).get("/openapi.json").json())
+    conversation = alice.conversation()
+    message = _answer(conn, conversation["id"])
+    contract.check(alice.get(f"/api/messages/{message}"))
+    contract.check(alice.get(f"/api/conversations/{conversation['id']}"))
+    _more(app_server, conn, conversation["id"], message)
+    names = contract.stream(alice, f"/api/messages/{message}/stream")
+    assert set(names) == {"reasoning", "delta", "tool", "done"}
+    names = contract.stream(
+        alice, f"/api/conversations/{conversation['id']}/stream", until=lambda n: len(n) == 1
+    )
+    assert names == ["message"]
+    ws = WsClient(app_server.base, {"Authorization": f"Bearer {alice.token}"})
+    try:
+        ws.send(
+            {"type": "subscribe", "conversation_id": conversation["id"], "message_id": str(message)}
+        )
+        contract.frames(ws.until(lambda frame: frame["type"] == "done"))
     finally:
         ws.close()
