@@ -48,6 +48,8 @@ class Out:
     event: str
     data: dict[str, Any]
     id: str | None = None
+    # Where the client is in the answer after this event (`id` is its SSE spelling).
+    position: Position | None = None
 
 
 def check_position(position: Position, content: int, reasoning: int, tools: int) -> None:
@@ -132,6 +134,10 @@ class Follower:
     def event_id(self, message_id: UUID, position: Position) -> str:
         """The SSE id of an event at this position."""
         raise NotImplementedError
+
+    def at(self, event: str, data: dict[str, Any], message_id: UUID, position: Position) -> Out:
+        """An event that leaves the client at `position` in the answer."""
+        return Out(event, data, self.event_id(message_id, position), position)
 
     def events(self, first: list[Out]) -> Iterator[Out | None]:
         """The catch-up events, then live events; None when a heartbeat is due."""
@@ -232,7 +238,7 @@ class Follower:
         data = done_data(
             event.message_id, event.status, event.content_length, event.usage, event.error
         )
-        return [Out("done", data, self.event_id(event.message_id, track.position))]
+        return [self.at("done", data, event.message_id, track.position)]
 
     def text(self, track: Track, event: str, text: str) -> Out:
         """A delta or reasoning event for text at the track's offset of its kind."""
@@ -251,7 +257,7 @@ class Follower:
             data = {"message_id": track.message_id, "offset": track.offset, "text": piece.text}
             track.offset += len(piece.text)
         track.tools = max(track.tools, piece.tools)
-        return Out(piece.event, data, self.event_id(track.message_id, track.position))
+        return self.at(piece.event, data, track.message_id, track.position)
 
     def catch_up(self, track: Track, state: PartsFrom | None = None) -> list[Out]:
         """Everything committed after the track's position, in part order; `done` if it ended."""
@@ -269,7 +275,7 @@ class Follower:
             data = done_data(
                 track.message_id, state.status, state.content_length, state.usage, state.error
             )
-            outs.append(Out("done", data, self.event_id(track.message_id, track.position)))
+            outs.append(self.at("done", data, track.message_id, track.position))
         return outs
 
 
@@ -353,7 +359,7 @@ class ConversationFollower(Follower):
         end = Position(row.content_length, row.reasoning_length, row.tool_version, row.has_parts)
         if row.is_streaming:
             self.tracks[row.id] = Track.at(row.id, end, row.epoch, row.has_parts)
-        return [Out("message", row.to_json(), self.event_id(row.id, end))]
+        return [self.at("message", row.to_json(), row.id, end)]
 
     def _fetch_and_announce(self, message_id: UUID) -> list[Out]:
         row = self.sources.rows.get(message_id)

@@ -214,6 +214,7 @@ class DoneFrame(DoneEvent):
     """`done`, with what this connection and the user have used."""
 
     type: Literal["done"]
+    position: str = Field(description="The final position, as in the SSE `id:` of `done`.")
     tokens_used: int = Field(ge=0, description="What the answers sent on this connection used.")
     user_tokens_used: int = Field(ge=0)
     token_limit: int | None = Field(description="Null when unlimited.")

@@ -355,11 +355,27 @@ def _doc_of(declared: Any) -> str:
     return (declared.__doc__ or "The result.").strip().splitlines()[0]
 
 
+FRAME_POSITION = {
+    "type": "string",
+    "description": "The answer's position after this frame (as in the SSE `id:` of the same "
+    "event): a bare offset, or `<content>.<reasoning>.<tools>`; `subscribe` takes it as "
+    "`offset` to resume that answer.",
+}
+
+
+def _frame_fields(name: str) -> dict[str, Any]:
+    """A server frame's fields besides the event's data: `type`, and `position` if it has one."""
+    fields: dict[str, Any] = {"type": {"const": name}}
+    if name in event_schemas.CONVERSATION_EVENTS and name != "status":
+        fields["position"] = FRAME_POSITION
+    return {"properties": fields}
+
+
 def _websocket(refs: dict[Any, Any]) -> dict[str, Any]:
     """GET /api/ws: served by `ws.py` with flask-sock, outside `declare.route`."""
     events = {**event_schemas.CONVERSATION_EVENTS, **event_schemas.PROJECT_EVENTS}
     server = {
-        name: {"allOf": [refs[(t, "serialization")], {"properties": {"type": {"const": name}}}]}
+        name: {"allOf": [refs[(t, "serialization")], _frame_fields(name)]}
         for name, t in events.items()
     }
     server |= {name: refs[(t, "serialization")] for name, t in event_schemas.SERVER_FRAMES.items()}

@@ -1,9 +1,10 @@
 """The WebSocket transport (SPEC section 4): the same operations over one socket.
 
 Frames are JSON objects with a `type`. Client → server: `auth`, `subscribe`,
-`send`, `cancel`, `join_project`. Server → client: `message`, `delta`, `status`,
-`done`, `error`, and the project room events, with the same fields and offset
-rules as SSE (the followers are the same code). A bad frame gets an `error` frame
+`send`, `cancel`, `join_project`. Server → client: `message`, `delta`,
+`reasoning`, `tool`, `status`, `done`, `error`, and the project room events,
+with the same fields, positions (`position`, as in SSE's `id:`) and offset rules as SSE
+(the followers are the same code). A bad frame gets an `error` frame
 and the socket stays usable; before `auth` only `auth` is accepted (a browser's
 session cookie, or a Bearer header on the upgrade request, authenticates at once).
 """
@@ -243,6 +244,9 @@ class Connection:
 
     def _frame(self, out: Out) -> dict[str, Any]:
         frame = {"type": out.event, **out.data}
+        if out.position is not None:
+            # What `subscribe` takes as `offset` to resume this answer after this frame.
+            frame["position"] = str(out.position)
         if out.event == "done":
             message_id = out.data["message_id"]
             if message_id in self.sent_answers:

@@ -231,7 +231,15 @@ def test_websocket_subscribe_with_parts_and_a_composite_offset(
             "delta",
             "done",
         ]
-        ws.send({**subscribe, "message_id": str(message), "offset": "3.5.2"})
+        assert [f["position"] for f in frames] == [
+            "0.5.1",
+            "3.5.1",
+            "3.5.2",
+            "3.9.2",
+            "5.9.2",
+            "5.9.2",
+        ]
+        ws.send({**subscribe, "message_id": str(message), "offset": frames[2]["position"]})
         frames = ws.until(lambda frame: frame["type"] == "done")
         assert [(f["type"], f.get("text")) for f in frames] == [
             ("reasoning", "more"),
