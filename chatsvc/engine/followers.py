@@ -174,10 +174,8 @@ class Follower:
     def on_event(self, event: Event) -> list[Out]:
         """Client events for one hub event."""
         match event:
-            case Delta():
-                return self.on_delta(event)
-            case ReasoningDelta():
-                return self.on_reasoning(event)
+            case Delta() | ReasoningDelta():
+                return self.on_text(event)
             case ToolChanged():
                 return self.on_tool(event)
             case StatusChanged():
@@ -196,24 +194,19 @@ class Follower:
                 return self.on_finished(event)
         return []
 
-    def on_delta(self, event: Delta) -> list[Out]:
-        """Send the part of a delta the client has not had; read a gap from the database."""
+    def on_text(self, event: Delta | ReasoningDelta) -> list[Out]:
+        """Send the part of a text or reasoning delta the client has not had; read a gap."""
         track = self.tracks.get(event.message_id)
-        if track is None or track.done or event.end <= track.offset:
+        kind = "delta" if isinstance(event, Delta) else "reasoning"
+        if track is None or track.done:
             return []
-        if event.text is None or event.start > track.offset:
-            return self.catch_up(track)
-        return [self.text(track, "delta", event.text[track.offset - event.start :])]
-
-    def on_reasoning(self, event: ReasoningDelta) -> list[Out]:
-        """As on_delta, for the answer's reasoning."""
-        track = self.tracks.get(event.message_id)
-        if track is None or track.done or event.end <= track.reasoning:
+        sent = track.offset if kind == "delta" else track.reasoning
+        if event.end <= sent:
             return []
-        track.composite = True
-        if event.text is None or event.start > track.reasoning:
+        track.composite = track.composite or kind == "reasoning"
+        if event.text is None or event.start > sent:
             return self.catch_up(track)
-        return [self.text(track, "reasoning", event.text[track.reasoning - event.start :])]
+        return [self.text(track, kind, event.text[sent - event.start :])]
 
     def on_tool(self, event: ToolChanged) -> list[Out]:
         """Send the next tool change; drop one already sent; read past a gap."""

@@ -7,6 +7,7 @@ before visible), as the writer does.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -15,7 +16,7 @@ import psycopg
 
 from chatsvc.engine.events import Delta, Finished, ReasoningDelta, ToolChanged
 from tests.integration.test_openapi_responses import Contract
-from tests.support import ApiClient, AppServer, SseEvent, WsClient
+from tests.support import ApiClient, AppServer, SseEvent, WsClient, chunk
 
 Conn = psycopg.Connection[Any]
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4}
@@ -32,18 +33,6 @@ def _layout(version: int) -> list[dict[str, Any]]:
     ]
 
 
-def _chunk(conn: Conn, message: UUID, kind: str, start: int, text: str) -> None:
-    conn.execute(
-        "INSERT INTO message_chunks (message_id, kind, start_offset, epoch, content) "
-        "VALUES (%s, %s, %s, 1, %s)",
-        (message, kind, start, text),
-    )
-    column = "content_length" if kind == "text" else "reasoning_length"
-    conn.execute(
-        f"UPDATE messages SET {column} = {column} + %s WHERE id = %s", (len(text), message)
-    )
-
-
 def _answer(conn: Conn, conversation_id: str) -> UUID:
     """A streaming answer owned by a live process elsewhere: reasoning, text, a tool, again."""
     message: UUID = conn.execute(
@@ -53,18 +42,18 @@ def _answer(conn: Conn, conversation_id: str) -> UUID:
         "now() + interval '1 hour', %s, 2 FROM conversations c WHERE c.id = %s RETURNING id",
         (json.dumps(_layout(2)), conversation_id),
     ).fetchone()[0]
-    _chunk(conn, message, "reasoning", 0, "think")
-    _chunk(conn, message, "text", 0, "abc")
-    _chunk(conn, message, "reasoning", 5, "more")
-    _chunk(conn, message, "text", 3, "dé")
+    chunk(conn, message, "reasoning", 0, "think")
+    chunk(conn, message, "text", 0, "abc")
+    chunk(conn, message, "reasoning", 5, "more")
+    chunk(conn, message, "text", 3, "dé")
     return message
 
 
 def _more(app_server: AppServer, conn: Conn, conversation_id: str, message: UUID) -> None:
     """The answer goes on: reasoning, text, its tool's result; then it finishes."""
     c, m = UUID(conversation_id), message
-    _chunk(conn, m, "reasoning", 9, "!")
-    _chunk(conn, m, "text", 5, "f")
+    chunk(conn, m, "reasoning", 9, "!")
+    chunk(conn, m, "text", 5, "f")
     conn.execute(
         "INSERT INTO tool_calls (message_id, tool_call_id, step, name, arguments, status, "
         "idempotency_key, output, epoch, attempts, finished_at) VALUES "
@@ -110,6 +99,19 @@ def _read(stream: Any, until: str = "done") -> list[SseEvent]:
         if event.event == until:
             break
     return seen
+
+
+def _interrupted(
+    client: ApiClient, path: str, count: int, go_on: Callable[[], None]
+) -> tuple[list[SseEvent], list[SseEvent]]:
+    """Read `count` events, go away, let the answer go on, come back with the last id."""
+    with gevent.Timeout(15):
+        stream = client.sse(path)
+        before = [next(stream) for _ in range(count)]
+        stream.close()
+        go_on()
+        after = _read(client.sse(path, headers={"Last-Event-ID": str(before[-1].id)}))
+    return before, after
 
 
 def test_messages_show_their_parts_while_streaming_and_finished(
@@ -158,16 +160,12 @@ def test_sse_from_zero_sends_every_part_with_composite_ids(
 def test_reconnecting_with_a_composite_id_sends_nothing_twice(
     app_server: AppServer, alice: ApiClient, conn: Conn
 ) -> None:
-    conversation = alice.conversation()
-    message = _answer(conn, conversation["id"])
-    path = f"/api/messages/{message}/stream"
-    with gevent.Timeout(15):
-        stream = alice.sse(path)
-        before = [next(stream) for _ in range(3)]
-        stream.close()
-        assert before[-1].id == "3.5.2"
-        _more(app_server, conn, conversation["id"], message)
-        after = _read(alice.sse(path, headers={"Last-Event-ID": before[-1].id}))
+    c = alice.conversation()["id"]
+    message = _answer(conn, c)
+    before, after = _interrupted(
+        alice, f"/api/messages/{message}/stream", 3, lambda: _more(app_server, conn, c, message)
+    )
+    assert before[-1].id == "3.5.2"
     assert [e.event for e in after] == ["tool", "reasoning", "delta", "done"]
     text, reasoning, tools = _rebuild(before + after)
     assert (text, reasoning) == ("abcdéf", "thinkmore!")
@@ -197,16 +195,12 @@ def test_a_bare_offset_is_a_content_offset_and_the_end_is_the_end_of_everything(
 def test_conversation_stream_resumes_with_a_composite_cursor(
     app_server: AppServer, alice: ApiClient, conn: Conn
 ) -> None:
-    conversation = alice.conversation()
-    message = _answer(conn, conversation["id"])
-    path = f"/api/conversations/{conversation['id']}/stream"
-    with gevent.Timeout(15):
-        stream = alice.sse(path)
-        (announced,) = [next(stream)]
-        stream.close()
-        assert announced.event == "message" and announced.id == f"{message}:5.9.2"
-        _more(app_server, conn, conversation["id"], message)
-        after = _read(alice.sse(path, headers={"Last-Event-ID": announced.id}))
+    c = alice.conversation()["id"]
+    message = _answer(conn, c)
+    (announced,), after = _interrupted(
+        alice, f"/api/conversations/{c}/stream", 1, lambda: _more(app_server, conn, c, message)
+    )
+    assert announced.event == "message" and announced.id == f"{message}:5.9.2"
     assert [e.event for e in after] == ["tool", "reasoning", "delta", "done"]
     assert all(e.id is not None and e.id.startswith(f"{message}:") for e in after)
     assert after[-1].id == f"{message}:6.10.3"
