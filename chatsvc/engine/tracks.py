@@ -16,6 +16,7 @@ from uuid import UUID
 
 from chatsvc.engine.messages import PartsFrom
 from chatsvc.engine.positions import Position
+from chatsvc.errors import InvalidRequest
 
 TEXT_KINDS = ("text", "reasoning")
 
@@ -121,6 +122,15 @@ def catch_up(state: PartsFrom, position: Position) -> list[Piece]:
             tools = pending[0] - 1 if pending else state.tool_version
             pieces.append(Piece("delta" if kind == "text" else "reasoning", text, None, tools))
     return pieces
+
+
+def check_position(position: Position, content: int, reasoning: int, tools: int) -> None:
+    """InvalidRequest when a client's position is past what the answer has committed."""
+    if position.beyond(content, reasoning, tools):
+        raise InvalidRequest(
+            f"Position {position} is beyond what is committed "
+            f"({content} characters of content, {reasoning} of reasoning, {tools} tool changes)."
+        )
 
 
 def done_data(
