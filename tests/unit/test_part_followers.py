@@ -236,3 +236,13 @@ def test_a_finished_answer_without_layout_is_caught_up_from_its_parts(answer: An
         ("delta", "def", "6.9.2"),
         ("done", "completed", "6.9.2"),
     ]
+
+
+def test_text_before_the_first_part_of_the_layout_comes_first(answer: Answer) -> None:
+    answer.commit(reasoning="", version=1, layout=[entry("tool", call="c1", v=1), entry("text", 3)])
+    _, first = _follow(answer)
+    assert _events(first) == [
+        ("delta", "abc", "3.0.0"),
+        ("tool", ("c1", "input-available"), "3.0.1"),
+        ("delta", "def", "6.0.1"),
+    ]
