@@ -46,6 +46,19 @@ def query(db_url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
+def chunk(conn: psycopg.Connection[Any], message: Any, kind: str, start: int, text: str) -> None:
+    """Append a committed chunk of text or reasoning to a streaming answer, as a checkpoint does."""
+    conn.execute(
+        "INSERT INTO message_chunks (message_id, kind, start_offset, epoch, content) "
+        "VALUES (%s, %s, %s, 1, %s)",
+        (message, kind, start, text),
+    )
+    column = "content_length" if kind == "text" else "reasoning_length"
+    conn.execute(
+        f"UPDATE messages SET {column} = {column} + %s WHERE id = %s", (len(text), message)
+    )
+
+
 class AppServer:
     """create_app() served by gevent's WSGI server on an ephemeral 127.0.0.1 port."""
 

@@ -1,11 +1,14 @@
 """Following a message or a conversation: catch-up from the database, then live events.
 
 A follower subscribes to the hub *before* it reads the database, so anything
-committed after its read reaches it as an event. It keeps, per answer, the offset
-up to which it has sent text; an event that overlaps is trimmed, one that leaves
-a gap (or carries no text, or got dropped on overflow) makes it read the missing
-range from the database. That is what makes the deltas a client receives
-concatenate to exactly the committed content, across any number of reconnects.
+committed after its read reaches it as an event. It keeps, per answer, a Track:
+the offsets up to which it has sent text and reasoning, and the tool version up
+to which it has sent tool changes. An event that overlaps is trimmed (or, for a
+tool change, dropped), one that leaves a gap (or carries no payload, or got
+dropped on overflow) makes it read what is missing from the database. That is
+what makes the deltas a client receives concatenate to exactly the committed
+content, and the reasoning to exactly the reasoning, across any number of
+reconnects.
 """
 
 from __future__ import annotations
@@ -16,9 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import gevent.event
-from psycopg_pool import ConnectionPool
-
 from chatsvc.engine import messages as message_rows
 from chatsvc.engine.events import (
     ConversationDeleted,
@@ -27,12 +27,19 @@ from chatsvc.engine.events import (
     Finished,
     MessageCreated,
     ProjectEvent,
+    ReasoningDelta,
     StatusChanged,
+    ToolChanged,
 )
-from chatsvc.engine.hub import Closing, Hub, Resync, Subscriber
-from chatsvc.engine.messages import Message, TextFrom
-from chatsvc.engine.positions import Cursor
-from chatsvc.errors import InvalidRequest, wrap_exceptions
+from chatsvc.engine.hub import Closing, Resync, Subscriber
+from chatsvc.engine.messages import Message, PartsFrom
+from chatsvc.engine.positions import Cursor, Position
+
+# Re-exported: the runtime builds a follower's Sources from here.
+from chatsvc.engine.sources import RecentRows as RecentRows  # noqa: PLC0414
+from chatsvc.engine.sources import Sources as Sources  # noqa: PLC0414
+from chatsvc.engine.tracks import Piece, Track, catch_up, check_position, done_data, tool_data
+from chatsvc.errors import wrap_exceptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,89 +49,8 @@ class Out:
     event: str
     data: dict[str, Any]
     id: str | None = None
-
-
-@dataclass
-class Track:
-    """How far a client has been sent one answer."""
-
-    message_id: UUID
-    offset: int
-    epoch: int
-    done: bool = False
-
-
-def done_data(
-    message_id: UUID, status: str, length: int, usage: Any, error: str | None
-) -> dict[str, Any]:
-    """The `done` event's data (SPEC section 3)."""
-    usage = usage or {}
-    data: dict[str, Any] = {
-        "message_id": message_id,
-        "status": status,
-        "content_length": length,
-        "usage": {
-            "prompt_tokens": int(usage.get("prompt_tokens", 0)),
-            "completion_tokens": int(usage.get("completion_tokens", 0)),
-        },
-    }
-    if usage.get("estimated"):
-        data["usage"]["estimated"] = True
-    if error is not None:
-        data["error"] = error
-    return data
-
-
-class RecentRows:
-    """Message rows read to announce them, shared for a moment by a process's followers.
-
-    When an answer starts, every follower of its conversation in the process must
-    announce it; one read serves them all. A row read after the event that made a
-    follower want it is as good as its own read: the follower was subscribed when
-    that event was published, so every later delta reaches it, and any it missed
-    before subscribing is a gap it fills from the database anyway.
-    """
-
-    def __init__(self, pool: ConnectionPool, ttl_s: float = 2.0) -> None:
-        self.pool = pool
-        self.ttl_s = ttl_s
-        self._rows: dict[UUID, tuple[float, gevent.event.AsyncResult]] = {}
-
-    def get(self, message_id: UUID) -> Message | None:
-        """The message, read at most once per `ttl_s` however many followers ask."""
-        now = time.monotonic()
-        hit = self._rows.get(message_id)
-        if hit is not None and now - hit[0] < self.ttl_s:
-            row: Message | None = hit[1].get()
-            return row
-        if len(self._rows) > 1000:
-            self._rows = {k: v for k, v in self._rows.items() if now - v[0] < self.ttl_s}
-        result = gevent.event.AsyncResult()
-        self._rows[message_id] = (now, result)
-        try:
-            with wrap_exceptions(), self.pool.connection() as conn:
-                row = message_rows.get_any(conn, message_id)
-        except BaseException as exc:
-            del self._rows[message_id]
-            result.set_exception(exc)
-            raise
-        result.set(row)
-        return row
-
-
-@dataclass(frozen=True)
-class Sources:
-    """What followers read from: the pool, the hub, shared rows; and the heartbeat."""
-
-    pool: ConnectionPool
-    hub: Hub
-    heartbeat_s: float
-    rows: RecentRows
-
-    def read(self, message_id: UUID, offset: int) -> TextFrom | None:
-        """The message's committed text after offset, from the database."""
-        with wrap_exceptions(), self.pool.connection() as conn:
-            return message_rows.text_from(conn, message_id, offset)
+    # Where the client is in the answer after this event (`id` is its SSE spelling).
+    position: Position | None = None
 
 
 class Follower:
@@ -145,9 +71,13 @@ class Follower:
             self.sub.close()
             self.sub = None
 
-    def event_id(self, message_id: UUID, offset: int) -> str:
+    def event_id(self, message_id: UUID, position: Position) -> str:
         """The SSE id of an event at this position."""
         raise NotImplementedError
+
+    def at(self, event: str, data: dict[str, Any], message_id: UUID, position: Position) -> Out:
+        """An event that leaves the client at `position` in the answer."""
+        return Out(event, data, self.event_id(message_id, position), position)
 
     def events(self, first: list[Out]) -> Iterator[Out | None]:
         """The catch-up events, then live events; None when a heartbeat is due."""
@@ -184,8 +114,10 @@ class Follower:
     def on_event(self, event: Event) -> list[Out]:
         """Client events for one hub event."""
         match event:
-            case Delta():
-                return self.on_delta(event)
+            case Delta() | ReasoningDelta():
+                return self.on_text(event)
+            case ToolChanged():
+                return self.on_tool(event)
             case StatusChanged():
                 track = self.tracks.get(event.message_id)
                 if track is None or track.done or event.epoch <= track.epoch:
@@ -202,71 +134,100 @@ class Follower:
                 return self.on_finished(event)
         return []
 
-    def on_delta(self, event: Delta) -> list[Out]:
-        """Send the part of a delta the client has not had; read a gap from the database."""
+    def on_text(self, event: Delta | ReasoningDelta) -> list[Out]:
+        """Send the part of a text or reasoning delta the client has not had; read a gap."""
         track = self.tracks.get(event.message_id)
-        if track is None or track.done or event.end <= track.offset:
+        kind = "delta" if isinstance(event, Delta) else "reasoning"
+        if track is None or track.done:
             return []
-        if event.text is None or event.start > track.offset:
+        sent = track.offset if kind == "delta" else track.reasoning
+        if event.end <= sent:
+            return []
+        track.composite = track.composite or kind == "reasoning"
+        if event.text is None or event.start > sent:
             return self.catch_up(track)
-        text = event.text[track.offset - event.start :]
-        return [self.delta(track, text)]
+        return [self.text(track, kind, event.text[sent - event.start :])]
+
+    def on_tool(self, event: ToolChanged) -> list[Out]:
+        """Send the next tool change; drop one already sent; read past a gap."""
+        track = self.tracks.get(event.message_id)
+        if track is None or track.done or event.version <= track.tools:
+            return []
+        track.composite = True
+        if event.part is None or event.version > track.tools + 1:
+            return self.catch_up(track)
+        return [self.out(track, Piece("tool", "", event.part, event.version))]
 
     def on_finished(self, event: Finished) -> list[Out]:
-        """End a track, reading from the database whatever text the client still lacks."""
+        """End a track, reading from the database whatever the client still lacks."""
         track = self.tracks.get(event.message_id)
         if track is None or track.done:
             return []
-        if track.offset != event.content_length or event.usage is None:
+        # Finished carries no reasoning or tool totals: an answer with parts ends
+        # only once a read shows the client has all of them.
+        if track.composite or track.offset != event.content_length or event.usage is None:
             return self.catch_up(track)
         track.done = True
         data = done_data(
             event.message_id, event.status, event.content_length, event.usage, event.error
         )
-        return [Out("done", data, self.event_id(event.message_id, event.content_length))]
+        return [self.at("done", data, event.message_id, track.position)]
 
-    def delta(self, track: Track, text: str) -> Out:
-        """A delta event for text starting at the track's offset, advancing it."""
-        start = track.offset
-        track.offset += len(text)
-        data = {"message_id": track.message_id, "offset": start, "text": text}
-        return Out("delta", data, self.event_id(track.message_id, track.offset))
+    def text(self, track: Track, event: str, text: str) -> Out:
+        """A delta or reasoning event for text at the track's offset of its kind."""
+        return self.out(track, Piece(event, text, None, track.tools))
 
-    def catch_up(self, track: Track, state: TextFrom | None = None) -> list[Out]:
-        """Everything committed after the track's offset as one delta, and `done` if it ended."""
-        state = state or self.sources.read(track.message_id, track.offset)
+    def out(self, track: Track, piece: Piece) -> Out:
+        """The event for one piece of the answer, advancing the track past it."""
+        data: dict[str, Any]
+        if piece.event == "tool":
+            assert piece.part is not None
+            data = tool_data(track.message_id, piece.part)
+        elif piece.event == "reasoning":
+            data = {"message_id": track.message_id, "offset": track.reasoning, "text": piece.text}
+            track.reasoning += len(piece.text)
+        else:
+            data = {"message_id": track.message_id, "offset": track.offset, "text": piece.text}
+            track.offset += len(piece.text)
+        track.tools = max(track.tools, piece.tools)
+        return self.at(piece.event, data, track.message_id, track.position)
+
+    def catch_up(self, track: Track, state: PartsFrom | None = None) -> list[Out]:
+        """Everything committed after the track's position, in part order; `done` if it ended."""
+        state = state or self.sources.read(track.message_id, track.position)
         if state is None:  # deleted
             track.done = True
             return []
-        outs = [self.delta(track, state.text)] if state.text else []
+        track.composite = track.composite or state.has_parts
+        outs = [self.out(track, piece) for piece in catch_up(state, track.position)]
+        # Every tool part changed since the position was just sent.
+        track.tools = max(track.tools, state.tool_version)
         track.epoch = max(track.epoch, state.epoch)
         if state.is_terminal:
             track.done = True
             data = done_data(
                 track.message_id, state.status, state.content_length, state.usage, state.error
             )
-            outs.append(Out("done", data, self.event_id(track.message_id, state.content_length)))
+            outs.append(self.at("done", data, track.message_id, track.position))
         return outs
 
 
 class MessageFollower(Follower):
     """GET /api/messages/{id}/stream: one answer from an offset to `done`."""
 
-    def event_id(self, message_id: UUID, offset: int) -> str:
-        return str(offset)
+    def event_id(self, message_id: UUID, position: Position) -> str:
+        return str(position)
 
-    def open(self, message_id: UUID, offset: int) -> tuple[TextFrom, list[Out]]:
-        """Subscribe and read; raises InvalidRequest for an offset past the committed text."""
+    def open(self, message_id: UUID, position: Position) -> tuple[PartsFrom, list[Out]]:
+        """Subscribe and read; raises InvalidRequest for a position past what is committed."""
         self.sub = self.hub.subscribe(message_id)
         try:
-            state = self.sources.read(message_id, offset)
+            state = self.sources.read(message_id, position)
             assert state is not None, "the caller checked the message exists"
-            if offset > state.content_length:
-                raise InvalidRequest(
-                    f"Offset {offset} is beyond the committed content "
-                    f"({state.content_length} characters)."
-                )
-            track = Track(message_id, offset, state.epoch)
+            check_position(
+                position, state.content_length, state.reasoning_length, state.tool_version
+            )
+            track = Track.at(message_id, position, state.epoch, state.has_parts)
             self.tracks[message_id] = track
             first = self.catch_up(track, state)
         except BaseException:
@@ -286,8 +247,8 @@ class ConversationFollower(Follower):
         self.conversation_id: UUID | None = None
         self.announced: set[UUID] = set()
 
-    def event_id(self, message_id: UUID, offset: int) -> str:
-        return f"{message_id}:{offset}"
+    def event_id(self, message_id: UUID, position: Position) -> str:
+        return str(Cursor(message_id, position))
 
     def open(self, conversation_id: UUID, cursor: Cursor | None) -> list[Out]:
         """Subscribe, then replay what the client has not seen since `cursor`."""
@@ -310,14 +271,13 @@ class ConversationFollower(Follower):
             row = rows[start]
             self.announced.add(row.id)
             start += 1
-            if cursor.offset > row.content_length:
-                raise InvalidRequest(
-                    f"Offset {cursor.offset} is beyond the committed content of {row.id}."
-                )
+            check_position(
+                cursor.position, row.content_length, row.reasoning_length, row.tool_version
+            )
             if row.role == "assistant":
                 # An answer read to its end gets its `done` again: the cursor cannot
                 # tell whether `done` arrived, and a second one is harmless.
-                track = Track(row.id, cursor.offset, row.epoch)
+                track = Track.at(row.id, cursor.position, row.epoch, row.has_parts)
                 self.tracks[row.id] = track
                 outs += self.catch_up(track)
         for row in rows[start:]:
@@ -329,9 +289,10 @@ class ConversationFollower(Follower):
         if row.id in self.announced:
             return []
         self.announced.add(row.id)
+        end = Position(row.content_length, row.reasoning_length, row.tool_version, row.has_parts)
         if row.is_streaming:
-            self.tracks[row.id] = Track(row.id, row.content_length, row.epoch)
-        return [Out("message", row.to_json(), self.event_id(row.id, row.content_length))]
+            self.tracks[row.id] = Track.at(row.id, end, row.epoch, row.has_parts)
+        return [self.at("message", row.to_json(), row.id, end)]
 
     def _fetch_and_announce(self, message_id: UUID) -> list[Out]:
         row = self.sources.rows.get(message_id)
@@ -363,8 +324,8 @@ class ProjectFollower(Follower):
         super().__init__(sources)
         self.user_id = ""
 
-    def event_id(self, message_id: UUID, offset: int) -> str:
-        return f"{message_id}:{offset}"
+    def event_id(self, message_id: UUID, position: Position) -> str:
+        return str(Cursor(message_id, position))
 
     def open(self, project_id: UUID, user_id: UUID) -> list[Out]:
         """Subscribe to the room (the caller checked membership)."""

@@ -4,23 +4,63 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, NotRequired
 from uuid import UUID
 
 import psycopg
 from psycopg import Connection
 from psycopg.rows import class_row
 from pydantic import Field
+from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
 from chatsvc.engine.conversations import VISIBLE_TO
 from chatsvc.errors import NotFound, StreamActive, unique_violation_of
 
 STATUSES = ("streaming", "completed", "cancelled", "failed", "interrupted")
+TOOL_STATES = ("input-streaming", "input-available", "output-available", "output-error")
 
 
 def _doc(description: str, **schema: Any) -> Any:
     """Field metadata for the API description (the web layer derives its schema from Message)."""
     return Field(description=description, json_schema_extra=schema or None)
+
+
+class ReasoningPart(TypedDict):
+    """The model's reasoning: never part of `content`."""
+
+    type: Literal["reasoning"]
+    text: str
+
+
+class TextPart(TypedDict):
+    """Answer text; `content` is the concatenation of the text parts."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ToolPart(TypedDict):
+    """A tool call and its current state."""
+
+    type: Literal["tool"]
+    tool_call_id: Annotated[str, _doc("The call's id, as the model named it.")]
+    name: Annotated[str, _doc("The tool called.")]
+    state: Annotated[
+        str,
+        _doc(
+            "`input-streaming` (arguments still being written), `input-available` (it runs), "
+            "`output-available` (`output` holds the result) or `output-error` (`error` says why).",
+            enum=list(TOOL_STATES),
+        ),
+    ]
+    input: NotRequired[
+        Annotated[Any, _doc("The arguments: a JSON object, or the text written so far.")]
+    ]
+    output: NotRequired[Annotated[Any, _doc("The tool's result (JSON, or text).")]]
+    error: NotRequired[Annotated[str, _doc("Why the call failed or has no known outcome.")]]
+
+
+Part = Annotated[ReasoningPart | TextPart | ToolPart, Field(discriminator="type")]
 
 
 @dataclass(frozen=True)
@@ -57,6 +97,22 @@ class Message:
     client_message_id: Annotated[str | None, _doc("The sender's idempotency key.")]
     reply_to: Annotated[UUID | None, _doc("For an answer: the user message it answers.")]
     user_id: Annotated[UUID | None, _doc("The user who sent it (or asked for the answer).")]
+    reasoning_length: Annotated[
+        int,
+        _doc("Length of an answer's reasoning (its reasoning parts) in code points.", minimum=0),
+    ]
+    tool_version: Annotated[
+        int, _doc("How many changes an answer's tool parts have had so far.", minimum=0)
+    ]
+    parts: Annotated[
+        list[Part] | None,
+        _doc("An answer's parts in the order the model produced them (so far); null for users."),
+    ]
+
+    @property
+    def has_parts(self) -> bool:
+        """Whether the answer has reasoning or tool parts (its stream ids are then composite)."""
+        return self.reasoning_length > 0 or self.tool_version > 0
 
     @property
     def is_streaming(self) -> bool:
@@ -77,15 +133,20 @@ class Exchange:
 
 
 @dataclass(frozen=True)
-class TextFrom:
-    """A message's committed text after an offset, with the state it was read in."""
+class PartsFrom:
+    """An answer after a position (text, reasoning, tool changes), read in one snapshot."""
 
     message_id: UUID
     conversation_id: UUID
     status: str
     epoch: int
     content_length: int
+    reasoning_length: int
+    tool_version: int
+    layout: list[dict[str, Any]] | None
     text: str
+    reasoning: str
+    parts: list[dict[str, Any]] | None
     usage: dict[str, Any] | None
     error: str | None
 
@@ -94,10 +155,16 @@ class TextFrom:
         """Whether the message has ended."""
         return self.status != "streaming"
 
+    @property
+    def has_parts(self) -> bool:
+        """Whether the answer has reasoning or tool parts (its stream ids are then composite)."""
+        return self.layout is not None or self.reasoning_length > 0 or self.tool_version > 0
+
 
 COLUMNS = """m.id, m.conversation_id, m.role, m.status, message_text(m) AS content,
     m.content_length, m.epoch, m.model, m.usage, m.error, m.created_at, m.completed_at,
-    m.client_message_id, m.reply_to, m.user_id"""
+    m.client_message_id, m.reply_to, m.user_id, m.reasoning_length, m.tool_version,
+    message_parts(m) AS parts"""
 
 INSERT_USER_MESSAGE = f"""
 INSERT INTO messages AS m (conversation_id, user_id, role, status, content, content_length,
@@ -215,26 +282,45 @@ def in_conversation(conn: Connection[Any], conversation_id: UUID) -> list[Messag
     return cur.execute(SELECT_CONVERSATION_MESSAGES, (conversation_id,)).fetchall()
 
 
-# One snapshot gives the status, the length and the text together, so a reader
-# never pairs text with a status from a different moment. While streaming, only
-# the chunks that reach past the offset are read.
-SELECT_TEXT_FROM = """
+# One snapshot gives the status, the lengths, the text, the reasoning and the
+# parts together, so a reader never pairs text with a status or a tool state from
+# a different moment. While streaming, only the chunks that reach past the
+# offset are read; the parts are read only for an answer that has more than text.
+SELECT_PARTS_FROM = """
 SELECT m.id AS message_id, m.conversation_id, m.status, m.epoch, m.content_length,
+       m.reasoning_length, m.tool_version, m.layout,
        CASE WHEN m.status = 'streaming' THEN coalesce((
            SELECT substr(string_agg(c.content, '' ORDER BY c.start_offset),
-                         %(offset)s - min(c.start_offset) + 1)
+                         %(content)s - min(c.start_offset) + 1)
            FROM message_chunks c
-           WHERE c.message_id = m.id AND c.start_offset + char_length(c.content) > %(offset)s), '')
-       ELSE substr(m.content, %(offset)s + 1) END AS text,
+           WHERE c.message_id = m.id AND c.kind = 'text'
+             AND c.start_offset + char_length(c.content) > %(content)s), '')
+       ELSE substr(m.content, %(content)s + 1) END AS text,
+       CASE WHEN m.reasoning_length <= %(reasoning)s THEN ''
+            WHEN m.status = 'streaming' THEN coalesce((
+           SELECT substr(string_agg(c.content, '' ORDER BY c.start_offset),
+                         %(reasoning)s - min(c.start_offset) + 1)
+           FROM message_chunks c
+           WHERE c.message_id = m.id AND c.kind = 'reasoning'
+             AND c.start_offset + char_length(c.content) > %(reasoning)s), '')
+       ELSE coalesce(substr((
+           SELECT string_agg(p ->> 'text', '' ORDER BY k)
+           FROM jsonb_array_elements(m.parts) WITH ORDINALITY AS e(p, k)
+           WHERE p ->> 'type' = 'reasoning'), %(reasoning)s + 1), '') END AS reasoning,
+       CASE WHEN m.layout IS NOT NULL OR m.reasoning_length > 0 OR m.tool_version > 0
+            THEN message_parts(m) END AS parts,
        m.usage, m.error
 FROM messages m WHERE m.id = %(id)s
 """
 
 
-def text_from(conn: Connection[Any], message_id: UUID, offset: int) -> TextFrom | None:
-    """The committed text of a message after `offset` code points."""
-    cur = conn.cursor(row_factory=class_row(TextFrom))
-    return cur.execute(SELECT_TEXT_FROM, {"id": message_id, "offset": offset}).fetchone()
+def parts_from(
+    conn: Connection[Any], message_id: UUID, content: int, reasoning: int = 0
+) -> PartsFrom | None:
+    """The answer after `content` code points of text and `reasoning` of reasoning."""
+    cur = conn.cursor(row_factory=class_row(PartsFrom))
+    params = {"id": message_id, "content": content, "reasoning": reasoning}
+    return cur.execute(SELECT_PARTS_FROM, params).fetchone()
 
 
 REQUEST_CANCEL = """

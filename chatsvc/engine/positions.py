@@ -1,8 +1,9 @@
-"""Positions in a stream as clients send them back: a plain offset, or `<message_id>:<offset>`.
+"""Positions in a stream as clients send them back: an offset, a composite, or a Cursor.
 
-One strict parser for both, so every route and transport accepts the same
-spellings: a non-negative decimal integer of ASCII digits (no sign, no spaces,
-no underscores), and, for a conversation stream, a message UUID before it.
+One strict parser, so every route and transport accepts the same spellings: a
+non-negative decimal integer of ASCII digits (no sign, no spaces, no
+underscores), three of them joined by dots, and, for a conversation stream, a
+message UUID and a colon before either.
 """
 
 from __future__ import annotations
@@ -21,31 +22,6 @@ def parse_offset(raw: str, name: str) -> int:
     if not raw.isascii() or not raw.isdigit() or len(raw) > MAX_DIGITS:
         raise InvalidRequest(f"{name} must be a non-negative integer.")
     return int(raw)
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """A conversation stream position: `<message_id>:<offset>`."""
-
-    message_id: UUID
-    offset: int
-
-    @classmethod
-    def parse(cls, raw: str) -> Cursor:
-        """Parse a Last-Event-ID, raising InvalidRequest when it is not one of ours."""
-        message_id, sep, offset = raw.rpartition(":")
-        try:
-            if not sep:
-                raise ValueError(raw)
-            uuid = UUID(message_id)
-        except ValueError:
-            raise InvalidRequest(
-                "Last-Event-ID must be '<message_id>:<offset>' as sent by this stream."
-            ) from None
-        return cls(uuid, parse_offset(offset, "The offset in Last-Event-ID"))
-
-    def __str__(self) -> str:
-        return f"{self.message_id}:{self.offset}"
 
 
 @dataclass(frozen=True)
@@ -77,7 +53,40 @@ class Position:
         content, reasoning, tools = (parse_offset(field, name) for field in fields)
         return cls(content, reasoning, tools, composite=True)
 
+    def beyond(self, content: int, reasoning: int, tools: int) -> bool:
+        """Whether any component is past what the answer has committed."""
+        return self.content > content or self.reasoning > reasoning or self.tools > tools
+
+    def at(self, content: int, reasoning: int, tools: int) -> bool:
+        """Whether it is this point (a bare offset is at no reasoning or tool change)."""
+        return (self.content, self.reasoning, self.tools) == (content, reasoning, tools)
+
     def __str__(self) -> str:
         if not self.composite:
             return str(self.content)
         return f"{self.content}.{self.reasoning}.{self.tools}"
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A conversation stream position: `<message_id>:<position>` (a Position as below)."""
+
+    message_id: UUID
+    position: Position
+
+    @classmethod
+    def parse(cls, raw: str) -> Cursor:
+        """Parse a Last-Event-ID, raising InvalidRequest when it is not one of ours."""
+        message_id, sep, position = raw.rpartition(":")
+        try:
+            if not sep:
+                raise ValueError(raw)
+            uuid = UUID(message_id)
+        except ValueError:
+            raise InvalidRequest(
+                "Last-Event-ID must be '<message_id>:<position>' as sent by this stream."
+            ) from None
+        return cls(uuid, Position.parse(position, "The position in Last-Event-ID"))
+
+    def __str__(self) -> str:
+        return f"{self.message_id}:{self.position}"

@@ -13,8 +13,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatsvc.engine.messages import STATUSES, Message
-from chatsvc.web.parsing import Body, MessageContent, Offset, Text
+from chatsvc.engine.messages import STATUSES, TOOL_STATES, Message
+from chatsvc.web.parsing import Body, CompositePosition, MessageContent, Offset, Text
 
 Status = Annotated[str, Field(json_schema_extra={"enum": list(STATUSES)})]
 
@@ -29,13 +29,39 @@ class Event(BaseModel):
 
 
 class DeltaEvent(Event):
-    """`event: delta`: committed text; `id:` is the offset after it."""
+    """`event: delta`: committed answer text; `id:` is the position after it."""
 
     message_id: UUID
     offset: int = Field(
         ge=0, description="Start offset of `text` in the message content (code points)."
     )
     text: str = Field(min_length=1)
+
+
+class ReasoningEvent(Event):
+    """`event: reasoning`: committed reasoning; `id:` is the (composite) position after it."""
+
+    message_id: UUID
+    offset: int = Field(
+        ge=0,
+        description="Start offset of `text` in the answer's reasoning (its reasoning parts "
+        "concatenated, code points); no gap and no overlap, as for `delta`.",
+    )
+    text: str = Field(min_length=1)
+
+
+class ToolEvent(Event):
+    """`event: tool`: a tool part's new state (the last one received is its current state)."""
+
+    message_id: UUID
+    tool_call_id: str = Field(description="The call's id, as the model named it.")
+    name: str = Field(description="The tool called.")
+    state: Annotated[str, Field(json_schema_extra={"enum": list(TOOL_STATES)})]
+    input: Any = Field(
+        default=None, description="The arguments: a JSON object, or the text written so far."
+    )
+    output: Any = Field(default=None, description="With `output-available`: the result.")
+    error: str | None = Field(default=None, description="With `output-error`: why.")
 
 
 class StatusEvent(Event):
@@ -62,7 +88,11 @@ class DoneEvent(Event):
 
     message_id: UUID
     status: Status
-    content_length: int = Field(ge=0, description="The final length; also the event's `id:`.")
+    content_length: int = Field(
+        ge=0,
+        description="The final length; also the event's `id:` for an answer of text alone "
+        "(with reasoning or tool parts the `id:` is the final composite position).",
+    )
     usage: MessageUsage
     error: str | None = Field(
         default=None, description="Present when the answer failed or was interrupted."
@@ -109,6 +139,8 @@ class StreamFinished(RoomEvent):
 # Event name → the schema of its data, per stream.
 MESSAGE_EVENTS: dict[str, Any] = {
     "delta": DeltaEvent,
+    "reasoning": ReasoningEvent,
+    "tool": ToolEvent,
     "status": StatusEvent,
     "done": DoneEvent,
 }
@@ -136,8 +168,12 @@ class SubscribeFrame(Body):
     type: Literal["subscribe"]
     conversation_id: UUID
     message_id: UUID | None = None
-    offset: Offset | None = Field(
-        default=None, description="Needs `message_id`; where to start in that answer."
+    offset: Offset | CompositePosition | None = Field(
+        default=None,
+        description="Needs `message_id`; where to start in that answer: an integer is an "
+        "offset in its content (nothing of its reasoning or tool parts received yet), a "
+        "string `<content>.<reasoning>.<tools>` is a composite position as in the `id:` of "
+        "the SSE stream of that message.",
     )
 
 
@@ -178,6 +214,7 @@ class DoneFrame(DoneEvent):
     """`done`, with what this connection and the user have used."""
 
     type: Literal["done"]
+    position: str = Field(description="The final position, as in the SSE `id:` of `done`.")
     tokens_used: int = Field(ge=0, description="What the answers sent on this connection used.")
     user_tokens_used: int = Field(ge=0)
     token_limit: int | None = Field(description="Null when unlimited.")

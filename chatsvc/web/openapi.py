@@ -51,6 +51,18 @@ SSE_COMMON = doc("""
     points. Each event's `data:` is JSON, declared in `x-sse-events` of the 200 response.
 """)
 
+PARTS_COMMON = doc("""
+    An answer with reasoning or tool calls adds `reasoning` events (its reasoning text, with
+    the same no-gap, no-overlap rule in its own offsets) and `tool` events (a tool part's new
+    state; the last one for a call is its current state); a client that knows only `delta`
+    still receives exactly the answer text. What a client lacks on connect is sent in the
+    order of the answer's parts. Once an answer has a reasoning or tool part, every event of
+    it carries a composite position as its `id:`: `<content>.<reasoning>.<tools>`, the code
+    points of text and of reasoning sent and the number of tool part changes sent; `done`
+    carries the final one. A bare integer always means an offset in `content` with nothing
+    else received yet, so a client starting from 0 receives every part.
+""")
+
 DESCRIPTIONS = {
     "create_session": "The only /api route without authentication.",
     "delete_session": "Clears the cookie whether or not the session is still live.",
@@ -76,23 +88,31 @@ DESCRIPTIONS = {
     """),
     "cancel_conversation": "404 also when the conversation has no answer at all.",
     "message_stream": doc("""
-        The offset is the `Last-Event-ID` header, else `?offset=`, else 0. The server first
-        sends, as one `delta`, everything committed after the offset (nothing if there is
-        none), then live deltas, then `done`, and closes. `delta` and `done` carry `id:` (the
-        offset after them); `status` does not. 204 when the message has finished and the offset
-        equals its length (so `EventSource` stops reconnecting); 400 when the offset is not a
-        non-negative integer or is beyond the committed content.
+        The position is the `Last-Event-ID` header, else `?offset=`, else 0: a bare offset in
+        the content, or a composite position. The server first sends, as one `delta`,
+        everything committed after the offset (nothing if there is none), then live deltas,
+        then `done`, and closes. `delta`, `reasoning`, `tool` and `done` carry `id:` (the
+        position after them); `status` does not. 204 when the message has finished and the
+        position is the end of everything (so `EventSource` stops reconnecting): a bare offset
+        equal to its length when it has no reasoning or tool part, or a composite position equal
+        to its final one. 400 when the position is neither a non-negative integer nor a
+        composite position, or is beyond what is committed.
     """)
+    + "\n\n"
+    + PARTS_COMMON
     + "\n\n"
     + SSE_COMMON,
     "conversation_stream": doc("""
         For a page that stays open on a conversation: every new message (`message`), and
-        `delta`, `status`, `done` for its answers. The `id:` of `message`, `delta` and `done`
-        is `<message_id>:<offset>`, so a reconnect with `Last-Event-ID` resumes the right
-        answer at the right place and then follows later messages (without it, every message
-        is replayed). 400 when Last-Event-ID is not of that form, its offset is beyond the
-        committed content, or `?offset=` is given.
+        `delta`, `reasoning`, `tool`, `status`, `done` for its answers. The `id:` of every event
+        but `status` is `<message_id>:<position>` (a bare offset, or a composite position once
+        the answer has parts), so a reconnect with `Last-Event-ID` resumes the right answer at
+        the right place and then follows later messages (without it, every message is
+        replayed). 400 when Last-Event-ID is not of that form, its position is beyond what is
+        committed, or `?offset=` is given.
     """)
+    + "\n\n"
+    + PARTS_COMMON
     + "\n\n"
     + SSE_COMMON,
 }
@@ -129,7 +149,9 @@ ERROR_HEADERS = {
 LAST_EVENT_ID = {
     "name": "Last-Event-ID",
     "in": "header",
-    "description": "The `id:` of the last event received; browsers send it on reconnect.",
+    "description": "The `id:` of the last event received; browsers send it on reconnect. A "
+    "bare integer is an offset in the content; `<content>.<reasoning>.<tools>` a composite "
+    "position.",
     "schema": {"type": "string"},
 }
 SSE_PARAMETERS: dict[str, list[dict[str, Any]]] = {
@@ -138,8 +160,9 @@ SSE_PARAMETERS: dict[str, list[dict[str, Any]]] = {
         {
             "name": "offset",
             "in": "query",
-            "description": "Where to start when there is no Last-Event-ID.",
-            "schema": {"type": "integer", "minimum": 0},
+            "description": "Where to start when there is no Last-Event-ID: an offset in the "
+            "content, or a composite position `<content>.<reasoning>.<tools>`.",
+            "schema": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+\.[0-9]+)?$"},
         },
     ],
     "conversation_stream": [
@@ -192,7 +215,9 @@ WEBSOCKET_DESCRIPTION = doc("""
     A connection authenticates with a bearer token or the session cookie on the upgrade
     request, or with an `auth` frame; until then every other frame gets an `unauthorized`
     error. When the server shuts down it closes the socket with code 1012: reconnect and
-    subscribe again from the last offset.
+    subscribe again from the last offset. `subscribe`'s `offset` is an integer (an offset in the
+    answer's content, nothing of its other parts received yet) or a composite position
+    `<content>.<reasoning>.<tools>` as a string, as in the `id:` of the SSE streams.
 """)
 
 PAGE_DESCRIPTION = doc("""
@@ -330,11 +355,27 @@ def _doc_of(declared: Any) -> str:
     return (declared.__doc__ or "The result.").strip().splitlines()[0]
 
 
+FRAME_POSITION = {
+    "type": "string",
+    "description": "The answer's position after this frame (as in the SSE `id:` of the same "
+    "event): a bare offset, or `<content>.<reasoning>.<tools>`; `subscribe` takes it as "
+    "`offset` to resume that answer.",
+}
+
+
+def _frame_fields(name: str) -> dict[str, Any]:
+    """A server frame's fields besides the event's data: `type`, and `position` if it has one."""
+    fields: dict[str, Any] = {"type": {"const": name}}
+    if name in event_schemas.CONVERSATION_EVENTS and name != "status":
+        fields["position"] = FRAME_POSITION
+    return {"properties": fields}
+
+
 def _websocket(refs: dict[Any, Any]) -> dict[str, Any]:
     """GET /api/ws: served by `ws.py` with flask-sock, outside `declare.route`."""
     events = {**event_schemas.CONVERSATION_EVENTS, **event_schemas.PROJECT_EVENTS}
     server = {
-        name: {"allOf": [refs[(t, "serialization")], {"properties": {"type": {"const": name}}}]}
+        name: {"allOf": [refs[(t, "serialization")], _frame_fields(name)]}
         for name, t in events.items()
     }
     server |= {name: refs[(t, "serialization")] for name, t in event_schemas.SERVER_FRAMES.items()}

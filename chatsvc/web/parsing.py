@@ -88,6 +88,16 @@ def _offset(value: Any) -> Any:
 # An offset in a JSON frame: a JSON integer, not a string of digits.
 Offset = Annotated[int, BeforeValidator(_offset), Field(ge=0)]
 
+# A composite stream position in a JSON frame, as an SSE event's `id:` spells it.
+CompositePosition = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9]{1,12}\.[0-9]{1,12}\.[0-9]{1,12}$",
+        description="`<content>.<reasoning>.<tools>`: code points of text and of reasoning "
+        "already received, and how many tool part changes.",
+    ),
+]
+
 # --- parsing --------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from chatsvc.engine.followers import (
     Out,
     ProjectFollower,
 )
-from chatsvc.engine.positions import Cursor, parse_offset
+from chatsvc.engine.positions import Cursor, Position
 from chatsvc.engine.runtime import Runtime
 from chatsvc.errors import InvalidRequest, Unavailable
 
@@ -51,23 +51,27 @@ def _respond(follower: Follower, first: list[Out]) -> Response:
     return response
 
 
-def requested_offset() -> int:
-    """Last-Event-ID, else ?offset=, else 0; 400 unless a non-negative integer."""
+def requested_position() -> Position:
+    """Last-Event-ID, else ?offset=, else 0; 400 unless an offset or a composite position."""
     header = request.headers.get("Last-Event-ID")
     if header is not None and header.strip():
-        return parse_offset(header.strip(), "Last-Event-ID")
+        return Position.parse(header.strip(), "Last-Event-ID")
     raw = request.args.get("offset")
     if raw is not None:
-        return parse_offset(raw, "offset")
-    return 0
+        return Position.parse(raw, "offset")
+    return Position(0)
 
 
 def message_stream(rt: Runtime, message_id: UUID) -> Response:
     """GET /api/messages/{id}/stream (the caller checked the message is visible)."""
-    offset = requested_offset()
+    position = requested_position()
     follower = MessageFollower(rt.sources)
-    state, first = follower.open(message_id, offset)
-    if state.is_terminal and offset == state.content_length:
+    state, first = follower.open(message_id, position)
+    # The end of everything: a bare offset is the end only of an answer of text
+    # alone, so a client starting from 0 always receives every part.
+    if state.is_terminal and position.at(
+        state.content_length, state.reasoning_length, state.tool_version
+    ):
         follower.close()
         return Response(status=204, headers=HEADERS)
     return _respond(follower, first)

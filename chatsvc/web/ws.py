@@ -1,9 +1,10 @@
 """The WebSocket transport (SPEC section 4): the same operations over one socket.
 
 Frames are JSON objects with a `type`. Client → server: `auth`, `subscribe`,
-`send`, `cancel`, `join_project`. Server → client: `message`, `delta`, `status`,
-`done`, `error`, and the project room events, with the same fields and offset
-rules as SSE (the followers are the same code). A bad frame gets an `error` frame
+`send`, `cancel`, `join_project`. Server → client: `message`, `delta`,
+`reasoning`, `tool`, `status`, `done`, `error`, and the project room events,
+with the same fields, positions (`position`, as in SSE's `id:`) and offset rules as SSE
+(the followers are the same code). A bad frame gets an `error` frame
 and the socket stays usable; before `auth` only `auth` is accepted (a browser's
 session cookie, or a Bearer header on the upgrade request, authenticates at once).
 """
@@ -32,7 +33,7 @@ from chatsvc.engine.followers import (
     ProjectFollower,
 )
 from chatsvc.engine.messages import Message
-from chatsvc.engine.positions import Cursor
+from chatsvc.engine.positions import Cursor, Position
 from chatsvc.engine.runtime import Runtime
 from chatsvc.engine.users import User
 from chatsvc.errors import ApiError, InvalidRequest, NotFound, TooLarge, Unauthorized
@@ -172,7 +173,8 @@ class Connection:
                 raise InvalidRequest("An offset needs a message_id.")
             self._follow_conversation(frame.conversation_id)
         else:
-            self._follow_message(frame.message_id, frame.offset or 0)
+            offset = 0 if frame.offset is None else frame.offset
+            self._follow_message(frame.message_id, Position.parse(str(offset), "offset"))
 
     def on_send(self, frame: SendFrame) -> None:
         sent = commands.send(
@@ -188,7 +190,7 @@ class Connection:
         if ("conversation", frame.conversation_id) not in self.follows:
             self.emit({"type": "message", **serialise(Message, sent.exchange.user_message)})
             self.emit({"type": "message", **serialise(Message, answer)})
-            self._follow_message(answer.id, answer.content_length)
+            self._follow_message(answer.id, Position(answer.content_length))
 
     def on_cancel(self, frame: CancelFrame) -> None:
         commands.cancel_conversation(self.rt, self._user(), frame.conversation_id)
@@ -214,9 +216,9 @@ class Connection:
             ("conversation", conversation_id), follower, follower.open(conversation_id, cursor)
         )
 
-    def _follow_message(self, message_id: UUID, offset: int) -> None:
+    def _follow_message(self, message_id: UUID, position: Position) -> None:
         follower = MessageFollower(self.rt.sources)
-        _, first = follower.open(message_id, offset)
+        _, first = follower.open(message_id, position)
         self._start(("message", message_id), follower, first)
 
     def _start(self, key: tuple[str, UUID], follower: Follower, first: list[Out]) -> None:
@@ -242,6 +244,9 @@ class Connection:
 
     def _frame(self, out: Out) -> dict[str, Any]:
         frame = {"type": out.event, **out.data}
+        if out.position is not None:
+            # What `subscribe` takes as `offset` to resume this answer after this frame.
+            frame["position"] = str(out.position)
         if out.event == "done":
             message_id = out.data["message_id"]
             if message_id in self.sent_answers:

@@ -113,10 +113,13 @@ class Contract:
         server = self.spec["paths"]["/api/ws"]["get"]["x-websocket-frames"]["server"]
         for frame in frames:
             schema = server[frame["type"]]
-            if "allOf" in schema:  # `type` plus an SSE event's data
+            if "allOf" in schema:  # `type` (and `position`) plus an SSE event's data
                 event, kind = schema["allOf"]
-                self.validate(frame["type"], kind["properties"]["type"])
-                self.validate({k: v for k, v in frame.items() if k != "type"}, event)
+                for name in ("type", "position"):
+                    if name in frame:
+                        self.validate(frame[name], kind["properties"][name])
+                data = {k: v for k, v in frame.items() if k not in ("type", "position")}
+                self.validate(data, event)
             else:
                 self.validate(frame, schema)
         self.seen.add(("/api/ws", "get", "101"))

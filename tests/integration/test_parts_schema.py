@@ -7,6 +7,8 @@ from typing import Any
 
 import psycopg
 
+from tests.support import chunk
+
 Conn = psycopg.Connection[Any]
 
 
@@ -22,18 +24,6 @@ def _answer(conn: Conn, layout: Any = None) -> Any:
     ).fetchone()[0]
 
 
-def _chunk(conn: Conn, message: Any, kind: str, start: int, text: str) -> None:
-    conn.execute(
-        "INSERT INTO message_chunks (message_id, kind, start_offset, epoch, content) "
-        "VALUES (%s, %s, %s, 1, %s)",
-        (message, kind, start, text),
-    )
-    column = "content_length" if kind == "text" else "reasoning_length"
-    conn.execute(
-        f"UPDATE messages SET {column} = {column} + %s WHERE id = %s", (len(text), message)
-    )
-
-
 def _parts(conn: Conn, message: Any) -> Any:
     return conn.execute(
         "SELECT message_parts(m), message_text(m) FROM messages m WHERE id = %s", (message,)
@@ -43,8 +33,8 @@ def _parts(conn: Conn, message: Any) -> Any:
 def test_a_plain_answer_is_one_text_part_and_reasoning_is_never_its_content(conn: Conn) -> None:
     message = _answer(conn)
     assert _parts(conn, message) == ([], "")
-    _chunk(conn, message, "text", 0, "Hello ")
-    _chunk(conn, message, "text", 6, "wörld 😀")
+    chunk(conn, message, "text", 0, "Hello ")
+    chunk(conn, message, "text", 6, "wörld 😀")
     assert _parts(conn, message) == ([{"type": "text", "text": "Hello wörld 😀"}], "Hello wörld 😀")
 
 
@@ -74,10 +64,10 @@ def test_parts_follow_the_layout_across_kinds_and_steps(conn: Conn) -> None:
         {"type": "text", "step": 1, "start": 5},
     ]
     message = _answer(conn, layout)
-    _chunk(conn, message, "reasoning", 0, "think ")
-    _chunk(conn, message, "reasoning", 6, "1more")
-    _chunk(conn, message, "text", 0, "Let m")
-    _chunk(conn, message, "text", 5, "e see")
+    chunk(conn, message, "reasoning", 0, "think ")
+    chunk(conn, message, "reasoning", 6, "1more")
+    chunk(conn, message, "text", 0, "Let m")
+    chunk(conn, message, "text", 5, "e see")
     parts, text = _parts(conn, message)
     assert text == "Let me see"
     assert parts == [

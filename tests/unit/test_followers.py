@@ -11,7 +11,8 @@ import pytest
 from chatsvc.engine.events import Delta, Finished, StatusChanged
 from chatsvc.engine.followers import MessageFollower, Out, Sources
 from chatsvc.engine.hub import Hub
-from chatsvc.engine.messages import TextFrom
+from chatsvc.engine.messages import PartsFrom
+from chatsvc.engine.positions import Position
 
 C, M = uuid4(), uuid4()
 USAGE = {"prompt_tokens": 3, "completion_tokens": 4}
@@ -24,14 +25,26 @@ class Table(Sources):
     message: dict[str, Any] = field(default_factory=dict)
     reads: list[tuple[UUID, int]] = field(default_factory=list)
 
-    def read(self, message_id: UUID, offset: int) -> TextFrom | None:
-        self.reads.append((message_id, offset))
+    def read(self, message_id: UUID, position: Position) -> PartsFrom | None:
+        self.reads.append((message_id, position.content))
         if message_id != M or self.message.get("deleted"):
             return None
         m = self.message
         text = m["text"]
-        return TextFrom(
-            M, C, m["status"], m["epoch"], len(text), text[offset:], m["usage"], m["error"]
+        return PartsFrom(
+            M,
+            C,
+            m["status"],
+            m["epoch"],
+            len(text),
+            0,
+            0,
+            None,
+            text[position.content :],
+            "",
+            None,
+            m["usage"],
+            m["error"],
         )
 
     def commit(self, text: str, *, status: str = "streaming", epoch: int | None = None) -> None:
@@ -56,7 +69,7 @@ def table() -> Table:
 
 def _follow(table: Table, offset: int = 0) -> tuple[MessageFollower, list[Out]]:
     follower = MessageFollower(table)
-    _, first = follower.open(M, offset)
+    _, first = follower.open(M, Position(offset))
     table.reads.clear()
     return follower, first
 

@@ -72,8 +72,15 @@ def test_api_routes_declare_their_security(spec: dict[str, Any]) -> None:
 
 def test_sse_routes_declare_their_events(spec: dict[str, Any]) -> None:
     streams = {
-        "/api/messages/{message_id}/stream": {"delta", "status", "done"},
-        "/api/conversations/{conversation_id}/stream": {"message", "delta", "status", "done"},
+        "/api/messages/{message_id}/stream": {"delta", "reasoning", "tool", "status", "done"},
+        "/api/conversations/{conversation_id}/stream": {
+            "message",
+            "delta",
+            "reasoning",
+            "tool",
+            "status",
+            "done",
+        },
         "/api/projects/{project_id}/events": {
             "conversation.created",
             "conversation.deleted",

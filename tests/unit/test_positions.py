@@ -46,9 +46,12 @@ def test_thirteen_digits_are_too_many() -> None:
 
 
 def test_a_cursor_round_trips() -> None:
-    cursor = Cursor(uuid4(), 42)
+    cursor = Cursor(uuid4(), Position(42))
     assert str(cursor) == f"{cursor.message_id}:42"
     assert Cursor.parse(str(cursor)) == cursor
+    composite = Cursor(cursor.message_id, Position(42, 7, 3, composite=True))
+    assert str(composite) == f"{cursor.message_id}:42.7.3"
+    assert Cursor.parse(str(composite)) == composite
 
 
 @pytest.mark.parametrize(
@@ -61,7 +64,7 @@ def test_a_cursor_without_a_message_id_is_refused(raw: str) -> None:
 
 @pytest.mark.parametrize("offset", ["+5", "-1", "1_0", " 5", "٣", "1" * 13])
 def test_a_cursor_offset_follows_the_same_strict_rule(offset: str) -> None:
-    with pytest.raises(InvalidRequest, match="offset in Last-Event-ID"):
+    with pytest.raises(InvalidRequest, match="position in Last-Event-ID"):
         Cursor.parse(f"{uuid4()}:{offset}")
 
 
