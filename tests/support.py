@@ -236,6 +236,8 @@ class FollowResult:
     statuses: list[dict[str, Any]] = field(default_factory=list)
     done: dict[str, Any] | None = None
     last_id: str | None = None
+    reasoning: str = ""
+    tools: dict[str, dict[str, Any]] = field(default_factory=dict)  # last state per call
 
 
 def follow_message(
@@ -245,9 +247,14 @@ def follow_message(
     *,
     on_delta: Any = None,
     max_seconds: float = 60,
+    parts: bool = False,
 ) -> FollowResult:
     """Follow a message to `done` like EventSource: on any disconnect, reconnect with
-    Last-Event-ID, to the next base URL that answers. Asserts no gap and no overlap."""
+    Last-Event-ID, to the next base URL that answers. Asserts no gap and no overlap.
+
+    Without `parts` it is a client that knows only `delta` (and resumes from the id of
+    the last one); with it, it also reads `reasoning` and `tool` and resumes from the
+    id of the last event of any kind."""
     result = FollowResult()
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
@@ -290,11 +297,20 @@ def follow_message(
                         result.last_id = event.id
                         if on_delta is not None:
                             on_delta(result)
+                    elif parts and event.event == "reasoning":
+                        data = event.json()
+                        assert data["offset"] == len(result.reasoning), "reasoning gap or overlap"
+                        result.reasoning += data["text"]
+                    elif parts and event.event == "tool":
+                        data = event.json()
+                        result.tools[data["tool_call_id"]] = data
                     elif event.event == "status":
                         result.statuses.append(event.json())
                     elif event.event == "done":
                         result.done = event.json()
                         break
+                    if parts and event.id is not None:
+                        result.last_id = event.id
             except (requests.RequestException, ConnectionError):
                 pass  # the server went away mid-stream: reconnect
             finally:

@@ -40,7 +40,8 @@ class Outcome:
     message_id: str
     row: dict[str, Any]
     ledger: list[dict[str, Any]]
-    read: FollowResult
+    read: FollowResult  # a client that knows only `delta`
+    read_parts: FollowResult  # a client that reads every part
     llm_calls: list[tuple[int, int, int, bool]]
     requests: int
 
@@ -116,12 +117,15 @@ def _kill_owner_when(
         client = a.client(token)
         conversation = client.conversation()
         message_id: str = client.send(conversation["id"], question)["assistant_message"]["id"]
-        follower = gevent.spawn(follow_message, [a.base, b.base], token, message_id)
+        bases = [a.base, b.base]
+        follower = gevent.spawn(follow_message, bases, token, message_id)
+        parts_follower = gevent.spawn(follow_message, bases, token, message_id, parts=True)
         _until("the moment to kill", lambda: moment(message_id))
         a.kill()
         if after_kill is not None:
             after_kill(message_id)
         read: FollowResult = follower.get(timeout=90)
+        read_parts: FollowResult = parts_follower.get(timeout=90)
     finally:
         a.stop()
         b.stop()
@@ -142,6 +146,7 @@ def _kill_owner_when(
         _answer(db, message_id),
         ledger,
         read,
+        read_parts,
         [tuple(c.values()) for c in calls],  # type: ignore[misc]
         len(requests),
     )
@@ -150,6 +155,16 @@ def _kill_owner_when(
     # and every model call counted once (a call cut by the kill is estimated).
     assert row["status"] == "completed" and row["epoch"] == 2, row
     assert read.done is not None and read.text == row["content"]
+    # A client reading every part, reconnecting with its last id, rebuilt them all.
+    assert read_parts.text == row["content"]
+    stored = row["parts"]
+    assert read_parts.reasoning == "".join(p["text"] for p in stored if p["type"] == "reasoning")
+    shown = {p["tool_call_id"]: p for p in stored if p["type"] == "tool"}
+    assert read_parts.tools.keys() == shown.keys()
+    for call_id, event in read_parts.tools.items():
+        assert {k: v for k, v in event.items() if k != "message_id"} == {
+            k: v for k, v in shown[call_id].items() if k != "type"
+        }
     assert row["content"] == script_text(parse_directives(question))
     assert len(outcome.llm_calls) == outcome.requests
     assert row["usage"]["prompt_tokens"] == sum(c[1] for c in outcome.llm_calls)

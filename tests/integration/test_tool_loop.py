@@ -12,7 +12,15 @@ import pytest
 
 from chatsvc.fakellm import parse_directives, script_reasoning, script_text
 from tests.faketools import FakeToolServer
-from tests.support import TEST_SETTINGS, ApiClient, AppServer, FakeLLMServer, make_user, query
+from tests.support import (
+    TEST_SETTINGS,
+    ApiClient,
+    AppServer,
+    FakeLLMServer,
+    follow_message,
+    make_user,
+    query,
+)
 
 SCHEMA = 'parameters = { type = "object", properties = { n = { type = "integer" } } }'
 
@@ -101,8 +109,10 @@ def _llm_calls(db_url: str, message_id: str) -> list[Any]:
 def test_two_calls_of_one_step_run_and_their_results_reach_the_model(
     app: AppServer, client: ApiClient, fake_llm: FakeLLMServer, fake_tools: FakeToolServer
 ) -> None:
-    question = '@fake calls=add:{"n":1};echo:{"n":2} reasoning=2 chunks=5'
+    question = '@fake calls=add:{"n":1};echo:{"n":2} reasoning=2 chunks=5 delay=0.02'
     message_id = client.ask(question)
+    assert client.token is not None
+    live = gevent.spawn(follow_message, [app.base], client.token, message_id, parts=True)
     message = client.wait_terminal(message_id)
     assert message["status"] == "completed", message
     _, content, parts, usage, error, reasoning_length = _row(app.db_url, message_id)
@@ -112,6 +122,12 @@ def test_two_calls_of_one_step_run_and_their_results_reach_the_model(
     assert reasoning_length == len(reasoning) and reasoning[:4] not in content
     assert [p["type"] for p in parts] == ["reasoning", "tool", "tool", "reasoning", "text"]
     assert parts[0]["text"] + parts[3]["text"] == reasoning
+    # What a client read live over SSE rebuilds the stored parts.
+    read = live.get(timeout=10)
+    assert (read.text, read.reasoning) == (content, reasoning)
+    assert [read.tools[p["tool_call_id"]]["output"] for p in parts[1:3]] == [
+        p["output"] for p in parts[1:3]
+    ]
     add, echo = parts[1], parts[2]
     assert add["state"] == echo["state"] == "output-available"
     assert add["input"] == {"n": 1} and add["output"]["effect"] == 1
