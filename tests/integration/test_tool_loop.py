@@ -80,15 +80,6 @@ def _row(db_url: str, message_id: str) -> Any:
     return tuple(row.values())
 
 
-def _ended(db_url: str, message_id: str) -> str:
-    """The status an answer ended with, polled: an answer without text that has ended is a
-    204 on its stream (until the read path counts tool parts in positions)."""
-    with gevent.Timeout(20):
-        while (status := _row(db_url, message_id)[0]) == "streaming":
-            gevent.sleep(0.05)
-    return str(status)
-
-
 def _ledger(db_url: str, message_id: str) -> list[Any]:
     sql = (
         "SELECT tool_call_id, name, arguments, status, attempts, output, error, "
@@ -203,8 +194,8 @@ def test_max_steps_ends_the_answer_with_an_error_and_the_last_calls_not_run(
     app: AppServer, client: ApiClient, fake_tools: FakeToolServer
 ) -> None:
     message_id = client.ask('@fake calls=add:{"n":1} steps=10 chunks=3')
-    assert _ended(app.db_url, message_id) == "completed"
-    assert "CHATSVC_MAX_STEPS" in _row(app.db_url, message_id)[4]
+    message = client.wait_terminal(message_id)
+    assert message["status"] == "completed" and "CHATSVC_MAX_STEPS" in message["error"]
     ledger = _ledger(app.db_url, message_id)
     assert [(r[0], r[3], r[4]) for r in ledger] == [
         ("call_0_0", "succeeded", 1),
@@ -228,7 +219,7 @@ def test_cancel_during_a_slow_tool_abandons_it_and_calls_the_model_no_more(
     assert fake_tools.app.arrived.wait(10)
     requests_before = len(fake_llm.app.requests)
     assert client.post(f"/api/messages/{message_id}/cancel").status_code == 202
-    assert _ended(app.db_url, message_id) == "cancelled"
+    assert client.wait_terminal(message_id)["status"] == "cancelled"
     (row,) = _ledger(app.db_url, message_id)
     assert row[3] == "unknown" and "cancelled" in row[6]
     gevent.sleep(0.3)
