@@ -21,6 +21,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from chatsvc.engine import migrations
+from tests.faketools import FakeToolServer
 from tests.support import ApiClient, AppServer, make_user
 
 _counter = itertools.count()
@@ -124,3 +125,11 @@ def alice(app_server: AppServer) -> ApiClient:
 def bob(app_server: AppServer) -> ApiClient:
     """A second, unrelated user."""
     return ApiClient(app_server.base, make_user(app_server.db_url, "bob"))
+
+
+@pytest.fixture
+def fake_tools() -> Iterator[FakeToolServer]:
+    """The fake tool server; its slow tools answer after 30 s unless released."""
+    server = FakeToolServer(slow_s=30)
+    yield server
+    server.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,6 @@ from tests.faketools import FakeToolServer
 from tests.support import FakeLLMServer, FollowResult, follow_message, make_user, query
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def fake_tools() -> Iterator[FakeToolServer]:
-    server = FakeToolServer(slow_s=60)
-    yield server
-    server.stop()
 
 
 @dataclass

@@ -25,13 +25,6 @@ from tests.support import (
 SCHEMA = 'parameters = { type = "object", properties = { n = { type = "integer" } } }'
 
 
-@pytest.fixture
-def fake_tools() -> Iterator[FakeToolServer]:
-    server = FakeToolServer(slow_s=30)
-    yield server
-    server.stop()
-
-
 def tools_file(path: Path, tools: FakeToolServer, **extra: str) -> Path:
     """A tools file with the fake server's tools: add, echo (idempotent), broken, slow."""
     declared = {
