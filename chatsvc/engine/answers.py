@@ -127,17 +127,24 @@ class Answerer:
         """Stream one model call into the stream's parts."""
         offered = registry.for_model() or None
         for piece in llm.stream(self.settings, stream.model, call.prompt, offered):
-            if piece.reasoning:
-                call.produced.append(piece.reasoning)
-                self.checkpointer.append_reasoning(stream, piece.reasoning)
-            if piece.text:
-                call.produced.append(piece.text)
-                self.checkpointer.append(stream, piece.text)
+            # Postgres text and jsonb cannot hold NUL: a model's NUL would stop the
+            # checkpointer, which commits every answer of the process.
+            reasoning, text = _no_nul(piece.reasoning), _no_nul(piece.text)
+            if reasoning:
+                call.produced.append(reasoning)
+                self.checkpointer.append_reasoning(stream, reasoning)
+            if text:
+                call.produced.append(text)
+                self.checkpointer.append(stream, text)
             for fragment in piece.tool_calls:
                 call.produced.append(fragment.arguments)
                 if stream.accepts_text:
                     stream.layout.tool_fragment(
-                        stream.step, fragment.index, fragment.id, fragment.name, fragment.arguments
+                        stream.step,
+                        fragment.index,
+                        fragment.id and _no_nul(fragment.id),
+                        fragment.name and _no_nul(fragment.name),
+                        _no_nul(fragment.arguments),
                     )
                     self.checkpointer.changed(stream)
             if piece.usage is not None:
@@ -171,3 +178,7 @@ class Answerer:
             return stream.committed > 0
         text = [e for e in entries if e["type"] == "text"]
         return bool(text) and text[-1]["step"] == stream.step and entries[-1]["type"] != "tool"
+
+
+def _no_nul(text: str) -> str:
+    return text.replace("\x00", "")

@@ -11,6 +11,7 @@ are derived from each other here and in SQL (`chatsvc_tool_part`), nowhere else.
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
@@ -115,6 +116,19 @@ def _check(now: Status | None, to: Status) -> None:
         raise IllegalMove(f"tool call: {now.name if now else 'new'} → {to.name}")
 
 
+def storable(value: Any) -> bool:
+    """Whether a value is plain JSON that jsonb accepts (no NaN, no Python objects).
+
+    Checked before a value enters the ledger: a row the database refuses would
+    stop the checkpointer, which commits every answer of the process.
+    """
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return "\\u0000" not in json.dumps(value)  # jsonb refuses the NUL character
+
+
 def key(message_id: UUID, tool_call_id: str) -> str:
     """The Idempotency-Key of a call: the same for every attempt, different for any two calls."""
     return f"chatsvc:{message_id}:{tool_call_id}"
@@ -182,7 +196,7 @@ def write(conn: Connection[Any], message_id: UUID, epoch: int, calls: list[Call]
                 "status": call.status.value,
                 "key": call.idempotency_key,
                 "output": Jsonb(call.output) if call.status is Status.SUCCEEDED else None,
-                "error": call.error,
+                "error": None if call.error is None else call.error.replace("\x00", ""),
                 "attempts": call.attempts,
             },
         )

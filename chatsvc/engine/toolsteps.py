@@ -104,6 +104,8 @@ class ToolSteps:
             arguments = json.loads(entry["input_text"] or "{}")
         except ValueError as exc:
             arguments, error = None, f"The arguments are not valid JSON ({exc}); it was not run."
+        if not ledger.storable(arguments):
+            arguments, error = None, "The arguments are not plain JSON; it was not run."
         if tool is None:
             error = f"There is no tool named {entry['name']!r}; it was not run."
         elif error is None:
@@ -147,7 +149,10 @@ class ToolSteps:
             idempotency_key=send.call.idempotency_key,
         )
         try:
-            return tool_runner.run(send.tool, call)
+            outcome = tool_runner.run(send.tool, call)
         except Exception as exc:  # a tool's failure is an outcome, never the answer's
             log.warning("tool call %s failed: %s", call.tool_call_id, exc)
             return Outcome(False, error=f"The tool failed: {type(exc).__name__}: {exc}")
+        if outcome.ok and not ledger.storable(outcome.output):
+            return Outcome(False, error="The tool's output is not plain JSON.")
+        return outcome

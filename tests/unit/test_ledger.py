@@ -64,3 +64,10 @@ def test_the_part_state_follows_the_layout_then_the_ledger() -> None:
     assert lost["state"] == "output-error" and lost["error"] == ledger.UNKNOWN_AFTER_CRASH
     refused = ledger.part(_entry(), Call.refused(MESSAGE, _entry(), None, "bad"))
     assert refused["input"] == '{"amount": 5}' and refused["error"] == "bad"
+
+
+def test_only_plain_json_enters_the_ledger() -> None:
+    assert ledger.storable({"a": [1, "x", None, 2.5]}) and ledger.storable("text")
+    assert not ledger.storable(float("nan"))
+    assert not ledger.storable({"when": object()})
+    assert not ledger.storable("nul \x00 inside")
