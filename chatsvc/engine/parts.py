@@ -64,10 +64,14 @@ class Layout:
         """Apply a streamed fragment of the `index`-th tool call of model call `step`."""
         entry = self._calls.get((step, index))
         if entry is None:
+            call_id = tool_call_id or f"call_{step}_{index}"
+            if any(e["tool_call_id"] == call_id for e in self.tools()):
+                # A model that reuses an id: the ledger and the parts need one per call.
+                call_id = f"{call_id}_{step}_{index}"
             entry = {
                 "type": "tool",
                 "step": step,
-                "tool_call_id": tool_call_id or f"call_{step}_{index}",
+                "tool_call_id": call_id,
                 "name": name or "",
                 "input_text": "",
                 "complete": False,

@@ -78,3 +78,11 @@ def test_a_restored_layout_goes_on_from_the_committed_state() -> None:
     assert committed == [{"type": "text", "step": 0, "start": 0}]
     assert layout.entries == [*committed, {"type": "reasoning", "step": 1, "start": 0}]
     assert layout.content_length == 9
+
+
+def test_a_reused_tool_call_id_is_made_unique_within_the_answer() -> None:
+    layout = Layout()
+    layout.tool_fragment(0, 0, "call_1", "add", "{}")
+    layout.tool_fragment(0, 0, "call_1", None, "")  # an id repeated in a later fragment
+    layout.tool_fragment(1, 0, "call_1", "add", "{}")
+    assert [e["tool_call_id"] for e in layout.tools()] == ["call_1", "call_1_1_0"]
