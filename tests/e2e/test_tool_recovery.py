@@ -9,6 +9,7 @@ instance takes the answer over and finishes it.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,8 +87,11 @@ def kill_owner_when(
         question: str,
         moment: Callable[[str], bool],
         after_kill: Callable[[str], None] | None = None,
+        stop: Callable[[Instance], None] = Instance.kill,
     ) -> Outcome:
-        return _kill_owner_when(db, fake_llm, fake_tools, tmp_path, question, moment, after_kill)
+        return _kill_owner_when(
+            db, fake_llm, fake_tools, tmp_path, question, moment, after_kill, stop
+        )
 
     return scenario
 
@@ -100,6 +104,7 @@ def _kill_owner_when(
     question: str,
     moment: Callable[[str], bool],
     after_kill: Callable[[str], None] | None = None,
+    stop: Callable[[Instance], None] = Instance.kill,
 ) -> Outcome:
     env = {"CHATSVC_TOOLS_FILE": str(_tools_file(tmp_path, tools))}
     a, b = (Instance(db, llm, env=env).start() for _ in range(2))
@@ -114,7 +119,7 @@ def _kill_owner_when(
         follower = gevent.spawn(follow_message, bases, token, message_id)
         parts_follower = gevent.spawn(follow_message, bases, token, message_id, parts=True)
         _until("the moment to kill", lambda: moment(message_id))
-        a.kill()
+        stop(a)
         if after_kill is not None:
             after_kill(message_id)
         read: FollowResult = follower.get(timeout=90)
@@ -258,3 +263,24 @@ def test_killed_while_the_final_text_streams(
     kinds = [p["type"] for p in outcome.row["parts"]]
     assert kinds[:3] == ["reasoning", "tool", "reasoning"] and kinds[-1] == "text"
     assert outcome.requests == 3
+
+
+def test_a_graceful_hand_over_during_an_idempotent_tool_sends_it_again(
+    fake_llm: FakeLLMServer, fake_tools: FakeToolServer, kill_owner_when: Scenario
+) -> None:
+    question = '@fake calls=lookup:{"n":8} chunks=20 seed=f'
+
+    def resent_then_released(message_id: str) -> None:
+        key = f"chatsvc:{message_id}:call_0_0"
+        _until("the resend", lambda: fake_tools.app.attempts(key) == 2)
+        fake_tools.app.release.set()
+
+    outcome = kill_owner_when(
+        question,
+        lambda _: fake_tools.app.arrived.is_set(),
+        after_kill=resent_then_released,
+        stop=lambda instance: instance.signal(signal.SIGTERM),
+    )
+    (call,) = outcome.ledger
+    assert (call["status"], call["attempts"]) == ("succeeded", 2)
+    assert fake_tools.app.effects(call["idempotency_key"]) == 1
