@@ -83,7 +83,7 @@ class Answerer:
             continuing = resumed and not steps.recover(stream, self.settings.max_steps)
             while True:
                 if stream.step >= self.settings.max_steps:
-                    ending = Ending("completed", called=False, error=self._max_steps_error())
+                    ending = Ending("completed", error=self._max_steps_error())
                     break
                 current = ModelCall(self._prompt(stream, continuing))
                 self._call(stream, current, registry)
@@ -92,11 +92,11 @@ class Answerer:
                 entries = stream.layout.complete(stream.step)
                 self.checkpointer.changed(stream)
                 if not entries:
-                    ending = Ending("completed", called=False)
+                    ending = Ending("completed")
                     break
                 if stream.step + 1 >= self.settings.max_steps:
                     steps.refuse(stream, entries, NOT_RUN_MAX_STEPS)
-                    ending = Ending("completed", called=False, error=self._max_steps_error())
+                    ending = Ending("completed", error=self._max_steps_error())
                     break
                 steps.run(stream, entries)
         except Exception as exc:
@@ -107,11 +107,11 @@ class Answerer:
             if current is not None:
                 stream.meters.append(current.meter(stream.step))
             if stream.state is State.CANCELLING:
-                ending = Ending("cancelled", called=False)
+                ending = Ending("cancelled")
                 running, unsent = ledger.CANCELLED, ledger.NOT_SENT_CANCELLED
             else:
                 log.warning("answer %s failed: %s", stream.message_id, exc)
-                ending = Ending("failed", called=False, error=llm.readable_error(exc))
+                ending = Ending("failed", error=llm.readable_error(exc))
                 running, unsent = ledger.ENDED_RUNNING, ledger.NOT_SENT_FAILED
             if steps is not None:
                 steps.abandon(stream, running, unsent)

@@ -209,9 +209,7 @@ class Reaper(Background):
                 self.answerer.start(stream, resumed=True)
             else:
                 log.info("interrupting %s at offset %d", claim.id, claim.content_length)
-                stream.move(
-                    State.ENDING, Ending("interrupted", called=False, error=self._why(claim))
-                )
+                stream.move(State.ENDING, Ending("interrupted", error=self._why(claim)))
                 self.checkpointer.adopt(stream)
         return len(claims)
 

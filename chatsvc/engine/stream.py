@@ -62,13 +62,11 @@ FINAL = frozenset(state for state, nexts in NEXT.items() if not nexts)
 
 @dataclass(frozen=True)
 class Ending:
-    """How an answer ends: terminal status, usage of the last LLM call, readable error."""
+    """How an answer ends: terminal status and readable error (its model calls are metered
+    as they end, each a Meter)."""
 
     status: str
-    usage: dict[str, int] | None = None
-    estimated: bool = False
     error: str | None = None
-    called: bool = True
 
 
 @dataclass(frozen=True)

@@ -142,10 +142,11 @@ def meter(conn: Connection[Any], stream: Stream, meters: list[Meter]) -> None:
 
 
 # Content (its text chunks: never reasoning), parts, status, usage and error of a
-# finished answer, and its last LLM call, in one statement; the chunks they were
-# assembled from are deleted in the same snapshot, which still sees them. The
-# checkpointer commits the answer's pending text before it, in the same
-# transaction, so the chunks hold all of it.
+# finished answer in one statement; the chunks they were assembled from are
+# deleted in the same snapshot, which still sees them. The checkpointer commits
+# the answer's pending text, and the llm_calls rows of its model calls, before
+# it in the same transaction, so the chunks hold all of the text and `usage` is
+# the sum over every call.
 FINISH = """
 WITH m AS (
     UPDATE messages m
@@ -155,11 +156,11 @@ WITH m AS (
                             WHERE c.message_id = m.id AND c.kind = 'text'), ''),
         parts = message_parts(m),
         usage = jsonb_build_object(
-            'prompt_tokens', %(prompt)s + coalesce(
+            'prompt_tokens', coalesce(
                 (SELECT sum(l.prompt_tokens) FROM llm_calls l WHERE l.message_id = m.id), 0),
-            'completion_tokens', %(completion)s + coalesce(
+            'completion_tokens', coalesce(
                 (SELECT sum(l.completion_tokens) FROM llm_calls l WHERE l.message_id = m.id), 0),
-            'estimated', %(estimated)s OR coalesce(
+            'estimated', coalesce(
                 (SELECT bool_or(l.estimated) FROM llm_calls l WHERE l.message_id = m.id), false)),
         error = %(error)s,
         completed_at = clock_timestamp(),
@@ -168,13 +169,8 @@ WITH m AS (
         lease_expires_at = NULL
     WHERE m.id = %(id)s AND m.epoch = %(epoch)s AND m.status = 'streaming'
       AND m.content_length = %(length)s
-    RETURNING m.id, m.user_id, m.usage,
+    RETURNING m.id, m.usage,
               (SELECT c.project_id FROM conversations c WHERE c.id = m.conversation_id) AS project
-), calls AS (
-    INSERT INTO llm_calls (message_id, user_id, epoch, step, model, prompt_tokens,
-                           completion_tokens, estimated)
-    SELECT id, user_id, %(epoch)s, %(step)s, %(model)s, %(prompt)s, %(completion)s, %(estimated)s
-    FROM m WHERE %(called)s
 ), chunks AS (
     DELETE FROM message_chunks c USING m WHERE c.message_id = m.id
 )
@@ -186,7 +182,6 @@ def finish(conn: Connection[Any], stream: Stream, length: int) -> list[events.Ev
     """Commit the Ending of a stream whose text is committed up to `length`; its events, or None."""
     ending = stream.ending
     assert ending is not None
-    usage = ending.usage or {}
     row = conn.execute(
         FINISH,
         {
@@ -195,12 +190,6 @@ def finish(conn: Connection[Any], stream: Stream, length: int) -> list[events.Ev
             "length": length,
             "status": ending.status,
             "error": ending.error,
-            "model": stream.model,
-            "step": stream.step,
-            "prompt": int(usage.get("prompt_tokens", 0)),
-            "completion": int(usage.get("completion_tokens", 0)),
-            "estimated": ending.estimated,
-            "called": ending.called,
         },
     ).fetchone()
     if row is None:

@@ -125,7 +125,7 @@ def test_a_minimum_interval_holds_text_back_and_commits_it_as_one_chunk(
         chunks = conn.execute(
             "SELECT start_offset, content FROM message_chunks ORDER BY start_offset"
         ).fetchall()
-        assert checkpointer.end(stream, Ending("completed", called=False))
+        assert checkpointer.end(stream, Ending("completed"))
     finally:
         checkpointer.stop()  # returns once no stream is left
     assert not checkpointer.streams
