@@ -96,6 +96,17 @@ def kill_owner_when(
     return scenario
 
 
+def _release_when_resent(tools: FakeToolServer) -> Callable[[str], None]:
+    """After the kill: once the first call was sent a second time, let both requests end."""
+
+    def release(message_id: str) -> None:
+        key = f"chatsvc:{message_id}:call_0_0"
+        _until("the resend", lambda: tools.app.attempts(key) == 2)
+        tools.app.release.set()
+
+    return release
+
+
 def _kill_owner_when(
     db: str,
     llm: FakeLLMServer,
@@ -205,18 +216,22 @@ def test_killed_while_a_tool_that_is_not_idempotent_runs(
     assert outcome.requests == 2 and not any(c[3] for c in outcome.llm_calls)
 
 
-def test_killed_while_an_idempotent_tool_runs(
-    db: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, kill_owner_when: Scenario
-) -> None:
-    question = '@fake calls=lookup:{"n":7} chunks=20 seed=c'
+def _sigterm(instance: Instance) -> None:
+    instance.signal(signal.SIGTERM)
 
-    def resent_then_released(message_id: str) -> None:
-        key = f"chatsvc:{message_id}:call_0_0"
-        _until("the resend", lambda: fake_tools.app.attempts(key) == 2)
-        fake_tools.app.release.set()
+
+# A graceful hand-over (SIGTERM) is, for a running call, like a crash.
+@pytest.mark.parametrize("stop", [Instance.kill, _sigterm], ids=["sigkill", "sigterm"])
+def test_killed_while_an_idempotent_tool_runs(
+    fake_tools: FakeToolServer, kill_owner_when: Scenario, stop: Callable[[Instance], None]
+) -> None:
+    question = f'@fake calls=lookup:{{"n":7}} chunks=20 seed=c{stop.__name__}'
 
     outcome = kill_owner_when(
-        question, lambda _: fake_tools.app.arrived.is_set(), after_kill=resent_then_released
+        question,
+        lambda _: fake_tools.app.arrived.is_set(),
+        after_kill=_release_when_resent(fake_tools),
+        stop=stop,
     )
     (call,) = outcome.ledger
     assert (call["status"], call["attempts"], call["epoch"]) == ("succeeded", 2, 2)
@@ -263,24 +278,3 @@ def test_killed_while_the_final_text_streams(
     kinds = [p["type"] for p in outcome.row["parts"]]
     assert kinds[:3] == ["reasoning", "tool", "reasoning"] and kinds[-1] == "text"
     assert outcome.requests == 3
-
-
-def test_a_graceful_hand_over_during_an_idempotent_tool_sends_it_again(
-    fake_llm: FakeLLMServer, fake_tools: FakeToolServer, kill_owner_when: Scenario
-) -> None:
-    question = '@fake calls=lookup:{"n":8} chunks=20 seed=f'
-
-    def resent_then_released(message_id: str) -> None:
-        key = f"chatsvc:{message_id}:call_0_0"
-        _until("the resend", lambda: fake_tools.app.attempts(key) == 2)
-        fake_tools.app.release.set()
-
-    outcome = kill_owner_when(
-        question,
-        lambda _: fake_tools.app.arrived.is_set(),
-        after_kill=resent_then_released,
-        stop=lambda instance: instance.signal(signal.SIGTERM),
-    )
-    (call,) = outcome.ledger
-    assert (call["status"], call["attempts"]) == ("succeeded", 2)
-    assert fake_tools.app.effects(call["idempotency_key"]) == 1
