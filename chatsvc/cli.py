@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -84,7 +85,6 @@ def serve(host: str, port: int, workers: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Exactly what the model is sent.")
 def tools_command(as_json: bool) -> None:
     """The tools the model may call, as the model will see them."""
-    import json  # noqa: PLC0415
 
     from chatsvc.engine import tools  # noqa: PLC0415
 
@@ -211,5 +211,13 @@ def show(conversation_id: UUID) -> None:
         extra = f" epoch={m.epoch}" if m.role == "assistant" else ""
         if m.error:
             extra += f" error={m.error!r}"
+        if m.reasoning_length:
+            extra += f" reasoning={m.reasoning_length} chars"
         click.echo(f"\n[{m.role} {m.status} {m.content_length} chars{extra}] {m.id}")
         click.echo(m.content)
+        for part in m.parts or ():
+            if part["type"] == "tool":
+                outcome = part.get("error") or json.dumps(part.get("output"), ensure_ascii=False)
+                click.echo(f"  tool {part['name']} {part['tool_call_id']}: {part['state']}")
+                if part["state"].startswith("output"):
+                    click.echo(f"    {outcome}"[:300])

@@ -9,7 +9,9 @@ from typing import Any
 
 import gevent
 import pytest
+from click.testing import CliRunner
 
+from chatsvc import cli
 from chatsvc.fakellm import parse_directives, script_reasoning, script_text
 from tests.faketools import FakeToolServer
 from tests.support import (
@@ -220,3 +222,15 @@ def test_cancel_during_a_slow_tool_abandons_it_and_calls_the_model_no_more(
     _, _, parts, *_ = _row(app.db_url, message_id)
     assert parts[-1]["state"] == "output-error" and "cancelled" in parts[-1]["error"]
     assert [c[0] for c in _llm_calls(app.db_url, message_id)] == [0]
+
+
+def test_chatsvc_show_lists_an_answers_tool_calls(app: AppServer, client: ApiClient) -> None:
+    message_id = client.ask('@fake calls=add:{"n":1};broken:{} reasoning=1 chunks=3')
+    message = client.wait_terminal(message_id)
+    shown = CliRunner().invoke(
+        cli.main, ["show", message["conversation_id"]], env={"DATABASE_URL": app.db_url}
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "reasoning=8 chars" in shown.output
+    assert "tool add call_0_0: output-available" in shown.output
+    assert "tool broken call_0_1: output-error" in shown.output and "HTTP 500" in shown.output
