@@ -73,18 +73,23 @@ $$;
 -- call is recorded there, else from the layout (still streaming, or complete).
 CREATE FUNCTION chatsvc_tool_part(entry jsonb, call tool_calls) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT jsonb_strip_nulls(jsonb_build_object(
+    -- Built key by key rather than stripped of nulls: a tool may return JSON null.
+    SELECT jsonb_build_object(
         'type', 'tool',
         'tool_call_id', entry ->> 'tool_call_id',
         'name', entry ->> 'name',
-        'input', coalesce(call.arguments, to_jsonb(entry ->> 'input_text')),
+        'input', coalesce(call.arguments, to_jsonb(coalesce(entry ->> 'input_text', ''))),
         'state', CASE
             WHEN call.status = 'succeeded' THEN 'output-available'
             WHEN call.status IN ('failed', 'unknown') THEN 'output-error'
             WHEN call.status = 'running' OR (entry ->> 'complete')::boolean THEN 'input-available'
-            ELSE 'input-streaming' END,
-        'output', CASE WHEN call.status = 'succeeded' THEN coalesce(call.output, 'null') END,
-        'error', CASE WHEN call.status IN ('failed', 'unknown') THEN call.error END))
+            ELSE 'input-streaming' END)
+        || CASE WHEN call.status = 'succeeded'
+                THEN jsonb_build_object('output', coalesce(call.output, 'null'::jsonb))
+                ELSE '{}'::jsonb END
+        || CASE WHEN call.status IN ('failed', 'unknown')
+                THEN jsonb_build_object('error', coalesce(call.error, ''))
+                ELSE '{}'::jsonb END
 $$;
 
 -- The parts of an answer, in order, as committed so far: a finished answer's
