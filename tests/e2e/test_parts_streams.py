@@ -217,3 +217,63 @@ def test_a_takeover_mid_reasoning_keeps_what_was_shown_and_goes_on(
     finally:
         a.stop()
         b.stop()
+
+
+def _requests_for(fake_llm: FakeLLMServer, question: str) -> list[dict[str, Any]]:
+    return [
+        r for r in fake_llm.app.requests if any(m.get("content") == question for m in r["messages"])
+    ]
+
+
+def test_cancel_during_a_running_tool_ends_the_loop_at_once(
+    tools_pair: tuple[Instance, Instance], token: str, fake_llm: FakeLLMServer, shared_db: str
+) -> None:
+    a, b = tools_pair
+    question = '@fake calls=lookup:{"q":"slow"} seed=cancel-tool'
+    message_id = a.client(token).ask(question)
+    deadline = time.monotonic() + 30
+    while not query(
+        shared_db,
+        "SELECT 1 FROM tool_calls WHERE message_id = %s AND status = 'running'",
+        message_id,
+    ):
+        assert time.monotonic() < deadline, "the call never started"
+        gevent.sleep(0.02)
+    assert b.client(token).post(f"/api/messages/{message_id}/cancel").status_code == 202
+    final = b.client(token).wait_terminal(message_id)
+    assert final["status"] == "cancelled"
+    (tool,) = [p for p in final["parts"] if p["type"] == "tool"]
+    assert tool["state"] == "output-error" and tool["error"]
+    (row,) = query(shared_db, "SELECT status FROM tool_calls WHERE message_id = %s", message_id)
+    assert row["status"] in ("unknown", "failed")
+    assert len(_requests_for(fake_llm, question)) == 1, "the model was called again"
+
+
+def test_refused_calls_and_the_step_limit_through_gunicorn(
+    tools_pair: tuple[Instance, Instance], token: str, fake_llm: FakeLLMServer, shared_db: str
+) -> None:
+    a, _ = tools_pair
+    refused = '@fake calls=charge:{"amount":"five"};nope:{} seed=refused'
+    answer = a.client(token).wait_terminal(a.client(token).ask(refused))
+    assert answer["status"] == "completed"
+    states = {p["name"]: p for p in answer["parts"] if p["type"] == "tool"}
+    assert states["charge"]["state"] == states["nope"]["state"] == "output-error"
+    assert "amount" in states["charge"]["error"] and "nope" in states["nope"]["error"]
+    rows = query(shared_db, "SELECT attempts FROM tool_calls WHERE message_id = %s", answer["id"])
+    assert [r["attempts"] for r in rows] == [0, 0]
+    told = _requests_for(fake_llm, refused)[-1]["messages"]
+    assert [m["content"] for m in told if m["role"] == "tool"] == [
+        f"Error: {states['charge']['error']}",
+        f"Error: {states['nope']['error']}",
+    ]
+    endless = '@fake calls=charge:{"amount":1} steps=50 seed=endless'
+    stopped = a.client(token).wait_terminal(a.client(token).ask(endless), timeout=60)
+    assert stopped["status"] == "completed" and "CHATSVC_MAX_STEPS" in stopped["error"]
+    assert len(_requests_for(fake_llm, endless)) == 8
+    ledger = query(
+        shared_db,
+        "SELECT status, attempts FROM tool_calls WHERE message_id = %s ORDER BY step",
+        stopped["id"],
+    )
+    assert [r["status"] for r in ledger] == ["succeeded"] * 7 + ["failed"]
+    assert ledger[-1]["attempts"] == 0
