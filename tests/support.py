@@ -248,13 +248,16 @@ def follow_message(
     on_delta: Any = None,
     max_seconds: float = 60,
     parts: bool = False,
+    drop_after: Any = None,
 ) -> FollowResult:
     """Follow a message to `done` like EventSource: on any disconnect, reconnect with
     Last-Event-ID, to the next base URL that answers. Asserts no gap and no overlap.
 
     Without `parts` it is a client that knows only `delta` (and resumes from the id of
-    the last one); with it, it also reads `reasoning` and `tool` and resumes from the
-    id of the last event of any kind."""
+    the last one); with it, it also reads `reasoning` and `tool` (asserting that no
+    call's state comes twice in a row) and resumes from the id of the last event of
+    any kind. `drop_after()`, when given, is how many events to read before dropping
+    each connection, as a flaky network would."""
     result = FollowResult()
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
@@ -288,6 +291,7 @@ def follow_message(
                 gevent.sleep(0.1)
                 continue
             result.connections += 1
+            budget = drop_after() if drop_after is not None else -1
             try:
                 for event in read_sse(response):
                     if event.event == "delta":
@@ -303,6 +307,7 @@ def follow_message(
                         result.reasoning += data["text"]
                     elif parts and event.event == "tool":
                         data = event.json()
+                        assert result.tools.get(data["tool_call_id"]) != data, "a state twice"
                         result.tools[data["tool_call_id"]] = data
                     elif event.event == "status":
                         result.statuses.append(event.json())
@@ -311,6 +316,9 @@ def follow_message(
                         break
                     if parts and event.id is not None:
                         result.last_id = event.id
+                    budget -= 1
+                    if budget == 0:
+                        break
             except (requests.RequestException, ConnectionError):
                 pass  # the server went away mid-stream: reconnect
             finally:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import gevent
@@ -149,6 +150,20 @@ def fresh_logs() -> None:
     shutil.rmtree(LOGS, ignore_errors=True)
 
 
+@contextmanager
+def serving(*instances: Instance) -> Iterator[tuple[Instance, ...]]:
+    """Start the instances, wait until each is ready, and stop them all at the end."""
+    try:
+        for instance in instances:
+            instance.start()
+        for instance in instances:
+            instance.wait_ready()
+        yield instances
+    finally:
+        for instance in instances:
+            instance.stop()
+
+
 @pytest.fixture(scope="module")
 def fake_llm() -> Iterator[FakeLLMServer]:
     server = FakeLLMServer()
@@ -167,14 +182,8 @@ def shared_db(pg_server: str, template_db: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def pair(shared_db: str, fake_llm: FakeLLMServer) -> Iterator[tuple[Instance, Instance]]:
     """Two single-worker instances on different ports sharing one database."""
-    instances = [Instance(shared_db, fake_llm).start() for _ in range(2)]
-    try:
-        for instance in instances:
-            instance.wait_ready()
-        yield instances[0], instances[1]
-    finally:
-        for instance in instances:
-            instance.stop()
+    with serving(Instance(shared_db, fake_llm), Instance(shared_db, fake_llm)) as (a, b):
+        yield a, b
 
 
 @pytest.fixture

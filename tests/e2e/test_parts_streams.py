@@ -10,18 +10,16 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gevent
 import pytest
-import requests
 
 from chatsvc.fakellm import parse_directives, script_text
-from tests.e2e.conftest import Instance
+from tests.e2e.conftest import Instance, serving
 from tests.faketools import FakeToolServer
-from tests.support import FakeLLMServer, follow_message, make_user, query, read_sse
+from tests.support import FakeLLMServer, FollowResult, follow_message, make_user, query
 
 pytestmark = pytest.mark.e2e
 
@@ -65,84 +63,21 @@ parameters = {{ type = "object", properties = {{ amount = {{ type = "number" }} 
         encoding="utf-8",
     )
     env = {"CHATSVC_TOOLS_FILE": str(tools)}
-    instances = [Instance(shared_db, fake_llm, env=env).start() for _ in range(2)]
-    try:
-        for instance in instances:
-            instance.wait_ready()
-        yield instances[0], instances[1]
-    finally:
-        for instance in instances:
-            instance.stop()
+    with serving(
+        Instance(shared_db, fake_llm, env=env), Instance(shared_db, fake_llm, env=env)
+    ) as (
+        a,
+        b,
+    ):
+        yield a, b
 
 
-@dataclass
-class PartsReader:
-    """What one reconnecting client saw of an answer, event by event."""
-
-    text: str = ""
-    reasoning: str = ""
-    tools: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    last_id: str | None = None
-    connections: int = 0
-    done: dict[str, Any] | None = None
-
-    def see(self, event: Any) -> None:
-        """Apply one event, asserting nothing arrives twice and nothing is skipped."""
-        if event.id is not None:
-            self.last_id = event.id
-        if event.event in ("delta", "reasoning"):
-            data = event.json()
-            seen = self.text if event.event == "delta" else self.reasoning
-            assert data["offset"] == len(seen), f"{event.event}: gap or overlap"
-            if event.event == "delta":
-                self.text += data["text"]
-            else:
-                self.reasoning += data["text"]
-        elif event.event == "tool":
-            data = event.json()
-            states = self.tools.setdefault(data["tool_call_id"], [])
-            assert not states or states[-1] != data, "the same tool state twice"
-            states.append(data)
-        elif event.event == "done":
-            self.done = event.json()
-
-
-def _read_with_drops(bases: list[str], token: str, message_id: str, seed: int) -> PartsReader:
-    """Follow to `done`, dropping the connection after a random number of events each time."""
+def _read_with_drops(bases: list[str], token: str, message_id: str, seed: int) -> FollowResult:
+    """Follow every part to `done`, dropping the connection after a random number of events."""
     rng = random.Random(seed)
-    reader = PartsReader()
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {token}"
-    with gevent.Timeout(90, AssertionError(f"no done: {reader}")):
-        while reader.done is None:
-            base = rng.choice(bases)
-            headers = {"Last-Event-ID": reader.last_id} if reader.last_id else {}
-            try:
-                response = session.get(
-                    f"{base}/api/messages/{message_id}/stream",
-                    headers=headers,
-                    stream=True,
-                    timeout=(2, 30),
-                )
-            except requests.RequestException:
-                gevent.sleep(0.05)
-                continue  # that instance is gone: try another
-            if response.status_code == 204:
-                break
-            assert response.status_code == 200, response.text
-            reader.connections += 1
-            budget = rng.randint(1, 12)
-            try:
-                for event in read_sse(response):
-                    reader.see(event)
-                    budget -= 1
-                    if reader.done is not None or budget == 0:
-                        break
-            except (requests.RequestException, ConnectionError):
-                pass  # the server went away mid-stream: reconnect
-            finally:
-                response.close()
-    return reader
+    return follow_message(
+        bases, token, message_id, parts=True, drop_after=lambda: rng.randint(1, 12), max_seconds=90
+    )
 
 
 def test_reconnecting_readers_get_every_part_once_across_instances(
@@ -163,15 +98,15 @@ def test_reconnecting_readers_get_every_part_once_across_instances(
     assert message["content"] == "".join(p["text"] for p in parts if p["type"] == "text")
     assert reasoning and reasoning not in message["content"]
     for greenlet in readers:
-        reader: PartsReader = greenlet.value
+        reader: FollowResult = greenlet.value
         assert reader.connections > 1, "the reader should have reconnected"
         assert reader.text == message["content"]
         assert reader.reasoning == reasoning
         assert set(reader.tools) == set(final_tools)
-        for call_id, states in reader.tools.items():
+        for call_id, last in reader.tools.items():
             # A `tool` event is the part without its type, with its message id.
             final = {k: v for k, v in final_tools[call_id].items() if k != "type"}
-            assert states[-1] == {"message_id": message_id, **final}
+            assert last == {"message_id": message_id, **final}
     # A client that knows only `delta` reads exactly the answer text.
     assert plain.value.text == message["content"]
     # Each call was sent once, whatever the readers did.
@@ -190,10 +125,7 @@ def _reasoning_length(db_url: str, message_id: str) -> int:
 def test_a_takeover_mid_reasoning_keeps_what_was_shown_and_goes_on(
     db: str, fake_llm: FakeLLMServer
 ) -> None:
-    a, b = (Instance(db, fake_llm).start() for _ in range(2))
-    try:
-        a.wait_ready()
-        b.wait_ready()
+    with serving(Instance(db, fake_llm), Instance(db, fake_llm)) as (a, b):
         token = make_user(db, "rhea")
         message_id = a.client(token).ask("@fake reasoning=150 size=2 chunks=20 delay=0.01")
         reader = gevent.spawn(_read_with_drops, [a.base, b.base], token, message_id, 99)
@@ -202,11 +134,11 @@ def test_a_takeover_mid_reasoning_keeps_what_was_shown_and_goes_on(
             assert time.monotonic() < deadline, "no reasoning committed"
             gevent.sleep(0.02)
         a.kill()
-        seen: PartsReader = reader.get(timeout=90)
+        seen: FollowResult = reader.get(timeout=90)
         message = b.client(token).get(f"/api/messages/{message_id}").json()
         assert message["status"] == "completed" and message["epoch"] == 2
         reasoning = "".join(p["text"] for p in message["parts"] if p["type"] == "reasoning")
-        # Offsets were contiguous for the reader (PartsReader asserts it), so what
+        # Offsets were contiguous for the reader (follow_message asserts it), so what
         # it was shown before the kill is a prefix of what it ended with.
         assert seen.reasoning == reasoning and len(reasoning) >= 40
         assert (
@@ -214,9 +146,6 @@ def test_a_takeover_mid_reasoning_keeps_what_was_shown_and_goes_on(
             == message["content"]
             == script_text(parse_directives("@fake reasoning=150 size=2 chunks=20 delay=0.01"))
         )
-    finally:
-        a.stop()
-        b.stop()
 
 
 def _requests_for(fake_llm: FakeLLMServer, question: str) -> list[dict[str, Any]]:
