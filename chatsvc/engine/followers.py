@@ -123,13 +123,7 @@ class Follower:
                 if track is None or track.done or event.epoch <= track.epoch:
                     return []
                 track.epoch = event.epoch
-                data = {
-                    "message_id": event.message_id,
-                    "status": event.status,
-                    "epoch": event.epoch,
-                    "resumed": event.resumed,
-                }
-                return [Out("status", data)]
+                return [status_out(event.message_id, event.status, event.epoch, event.resumed)]
             case Finished():
                 return self.on_finished(event)
         return []
@@ -212,6 +206,20 @@ class Follower:
         return outs
 
 
+def status_out(message_id: UUID, status: str, epoch: int, resumed: bool) -> Out:
+    """The `status` event: an answer changed hands."""
+    data = {"message_id": message_id, "status": status, "epoch": epoch, "resumed": resumed}
+    return Out("status", data)
+
+
+def taken_over(message_id: UUID, status: str, epoch: int) -> list[Out]:
+    """On (re)connect, a `status` first when the answer changed hands since it started, so a
+    client that was away during the takeover learns of it too."""
+    if epoch <= message_rows.FIRST_EPOCH:
+        return []
+    return [status_out(message_id, status, epoch, resumed=True)]
+
+
 class MessageFollower(Follower):
     """GET /api/messages/{id}/stream: one answer from an offset to `done`."""
 
@@ -229,7 +237,7 @@ class MessageFollower(Follower):
             )
             track = Track.at(message_id, position, state.epoch, state.has_parts)
             self.tracks[message_id] = track
-            first = self.catch_up(track, state)
+            first = taken_over(message_id, state.status, state.epoch) + self.catch_up(track, state)
         except BaseException:
             self.close()
             raise
@@ -279,7 +287,7 @@ class ConversationFollower(Follower):
                 # tell whether `done` arrived, and a second one is harmless.
                 track = Track.at(row.id, cursor.position, row.epoch, row.has_parts)
                 self.tracks[row.id] = track
-                outs += self.catch_up(track)
+                outs += taken_over(row.id, row.status, row.epoch) + self.catch_up(track)
         for row in rows[start:]:
             outs += self.announce(row)
         return outs

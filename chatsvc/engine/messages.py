@@ -173,10 +173,14 @@ VALUES (%s, %s, 'user', 'completed', %s, %s, %s, clock_timestamp())
 RETURNING {COLUMNS}
 """
 
+# An answer's epoch when it is created; a higher one means it was taken over since.
+FIRST_EPOCH = 1
+
 INSERT_ANSWER = f"""
 INSERT INTO messages AS m (conversation_id, user_id, role, status, reply_to, model, epoch, owner,
                            lease_expires_at, last_checkpoint_at)
-VALUES (%s, %s, 'assistant', 'streaming', %s, %s, 1, %s, now() + %s * interval '1 second', now())
+VALUES (%s, %s, 'assistant', 'streaming', %s, %s, {FIRST_EPOCH}, %s,
+        now() + %s * interval '1 second', now())
 RETURNING {COLUMNS}
 """
 

@@ -133,16 +133,12 @@ class Body(Request):
 
 
 class Query(Request):
-    """Query parameters; an empty value counts as absent, unknown ones are ignored."""
+    """Query parameters: an empty value is a value, refused like any malformed one (never
+    taken as absent, which would quietly ignore a client's mistake); unknown ones are ignored."""
 
     model_config = ConfigDict(extra="ignore")
     error = InvalidRequest
     noun = "Query parameter"
-
-    @classmethod
-    def absent(cls, name: str, value: Any) -> bool:
-        """An empty parameter (`?before=`)."""
-        return isinstance(value, str) and not value
 
 
 # What follows "Field 'x' " in the message for each pydantic error type.

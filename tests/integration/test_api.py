@@ -208,6 +208,11 @@ def test_unknown_ids_bad_uuids_and_methods(alice: ApiClient) -> None:
     _error(alice.get("/api/conversations", params={"limit": "abc"}), 400, "invalid_request")
     _error(alice.get("/api/conversations", params={"limit": "0"}), 400, "invalid_request")
     _error(alice.get("/api/conversations", params={"before": "nope"}), 400, "invalid_request")
+    # An empty value is refused, never taken as absent.
+    for name in ("limit", "before", "project_id"):
+        response = alice.get(f"/api/conversations?{name}=")
+        _error(response, 400, "invalid_request")
+        assert name in response.json()["error"]["message"]
     _error(alice.post("/api/conversations", {"project_id": "nope"}), 422, "validation_error")
     _error(alice.post("/api/conversations", {"title": "t" * 201}), 422, "validation_error")
 

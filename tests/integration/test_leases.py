@@ -70,6 +70,21 @@ def test_shutdown_hands_over_and_followers_see_the_status(servers: list[AppServe
         {"message_id": message_id, "status": "streaming", "epoch": 2, "resumed": True}
     ]
     assert result.connections == 1  # the follower on the other server never had to reconnect
+    # A client that was away during the hand-over learns of it when it (re)connects.
+    client = ApiClient(second.base, token)
+    resumed = {"message_id": message_id, "status": "completed", "epoch": 2, "resumed": True}
+    events = list(client.sse(f"/api/messages/{message_id}/stream", headers={"Last-Event-ID": "3"}))
+    assert [e.event for e in events] == ["status", "delta", "done"]
+    assert events[0].json() == resumed
+    conversation_id = client.get(f"/api/messages/{message_id}").json()["conversation_id"]
+    with gevent.Timeout(10):
+        stream = client.sse(
+            f"/api/conversations/{conversation_id}/stream",
+            headers={"Last-Event-ID": f"{message_id}:3"},
+        )
+        opening = next(stream)
+        stream.close()
+    assert (opening.event, opening.json()) == ("status", resumed)
     usage = ApiClient(second.base, token).get(f"/api/messages/{message_id}").json()["usage"]
     assert usage["estimated"] is True  # the handed-over call was estimated, the second reported
     with psycopg.connect(first.db_url) as conn:  # one row per LLM call, none twice

@@ -144,6 +144,17 @@ def test_status_is_sent_only_for_a_newer_epoch(table: Table) -> None:
     assert follower.on_event(StatusChanged(C, M, "streaming", 1, False)) == []
 
 
+def test_connecting_to_an_answer_taken_over_since_it_started_says_so_first(table: Table) -> None:
+    assert [o.event for o in _follow(table)[1]] == ["delta"]  # epoch 1: never changed hands
+    table.commit("hello", epoch=2)
+    _, first = _follow(table, 2)
+    assert [o.event for o in first] == ["status", "delta"]
+    assert first[0].data == {"message_id": M, "status": "streaming", "epoch": 2, "resumed": True}
+    table.commit("hello", status="completed", epoch=3)
+    _, first = _follow(table, 5)
+    assert [(o.event, o.data.get("epoch")) for o in first] == [("status", 3), ("done", None)]
+
+
 def test_a_catch_up_raises_the_epoch_so_an_older_status_is_not_sent(table: Table) -> None:
     follower, _ = _follow(table)
     table.commit("hello world", epoch=3)

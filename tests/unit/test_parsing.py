@@ -49,7 +49,7 @@ def test_the_message_limit_comes_from_the_settings() -> None:
     assert parse(schemas.SendMessage, {"content": "x" * 40_000}, Settings(max_message_chars=50_000))
 
 
-def test_query_errors_and_absent_values() -> None:
+def test_query_errors_and_empty_values() -> None:
     assert _error(schemas.ConversationsQuery, {"limit": "abc"}) == (
         400,
         "limit must be a non-negative integer.",
@@ -62,7 +62,13 @@ def test_query_errors_and_absent_values() -> None:
         400,
         "Query parameter 'before' must be a UUID.",
     )
-    query = parse(schemas.ConversationsQuery, {"limit": "", "before": "", "other": "1"})
+    # Empty is a value, refused like any malformed one; unknown parameters are ignored.
+    assert _error(schemas.ConversationsQuery, {"before": ""}) == (
+        400,
+        "Query parameter 'before' must be a UUID.",
+    )
+    assert _error(schemas.ConversationsQuery, {"limit": ""})[0] == 400
+    query = parse(schemas.ConversationsQuery, {"other": "1"})
     assert (query.limit, query.before) == (50, None)
 
 
