@@ -76,7 +76,13 @@ def _read_with_drops(bases: list[str], token: str, message_id: str, seed: int) -
     """Follow every part to `done`, dropping the connection after a random number of events."""
     rng = random.Random(seed)
     return follow_message(
-        bases, token, message_id, parts=True, drop_after=lambda: rng.randint(1, 12), max_seconds=90
+        bases,
+        token,
+        message_id,
+        parts=True,
+        drop_after=lambda: rng.randint(1, 12),
+        max_seconds=90,
+        distinct_tools=True,
     )
 
 
