@@ -326,7 +326,7 @@ ROOM_EVENTS = ("conversation.created", "conversation.deleted", "stream.started",
 
 
 class ProjectFollower(Follower):
-    """A project room: the SPEC's four events, for as long as the user stays a member."""
+    """A project room: the four room events, for as long as the user stays a member."""
 
     def __init__(self, sources: Sources) -> None:
         super().__init__(sources)

@@ -136,7 +136,7 @@ def check_position(position: Position, content: int, reasoning: int, tools: int)
 def done_data(
     message_id: UUID, status: str, length: int, usage: Any, error: str | None
 ) -> dict[str, Any]:
-    """The `done` event's data (SPEC section 3)."""
+    """The `done` event's data (docs/protocol.md)."""
     usage = usage or {}
     data: dict[str, Any] = {
         "message_id": message_id,

@@ -1,4 +1,4 @@
-"""The pages for browsers (SPEC section 8): the conversation list and the conversation page.
+"""The pages for browsers (docs/api.md, "Pages"): the conversation list and the conversation page.
 
 A page is rendered from the database on the server, so a direct URL shows the true
 state, including the text so far of an answer still being written; static/chat.js

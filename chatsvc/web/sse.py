@@ -1,4 +1,4 @@
-"""Server-Sent Events (SPEC section 3): turning a follower into a text/event-stream response."""
+"""Server-Sent Events (docs/protocol.md): turning a follower into a text/event-stream response."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The WebSocket transport (SPEC section 4): the same operations over one socket.
+"""The WebSocket transport (docs/protocol.md): the same operations over one socket.
 
 Frames are JSON objects with a `type`. Client → server: `auth`, `subscribe`,
 `send`, `cancel`, `join_project`. Server → client: `message`, `delta`,
@@ -135,7 +135,7 @@ class Connection:
             self.error("internal_error", "Something went wrong on our side.", {})
 
     def error(self, code: str, message: str, frame: dict[str, Any]) -> None:
-        """An `error` frame with the SPEC's code and message (and the offending frame's type)."""
+        """An `error` frame with the API's code and message (and the offending frame's type)."""
         request = frame.get("type") if isinstance(frame, dict) else None
         error = ErrorFrame(
             type="error",

@@ -1,4 +1,4 @@
-"""Tool calls happen exactly once across a SIGKILL of the process that runs them (SPEC 9).
+"""Tool calls happen exactly once across a SIGKILL of the process that runs them.
 
 Two real instances share a database and a tools file; the answer's owner is
 killed at a chosen moment, found through the database, the fake tool server's

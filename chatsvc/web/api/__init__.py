@@ -1,4 +1,4 @@
-"""The JSON API under /api (SPEC section 2), one module per resource.
+"""The JSON API under /api (docs/api.md), one module per resource.
 
 Each route is declared once with `declare.route`, in the module named after the
 resource it serves: session, projects, conversations, messages, streams, usage.
