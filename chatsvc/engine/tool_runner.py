@@ -16,7 +16,7 @@ from typing import Any
 import gevent
 import httpx
 
-from chatsvc.engine.tools import HttpTool, Tool, ToolCall, declaration_of
+from chatsvc.engine.tools import HttpTool, RegisteredPythonTool, Tool, ToolCall, declaration_of
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,15 @@ def run(tool: Tool, call: ToolCall) -> Outcome:
         with gevent.Timeout(timeout_s):
             if isinstance(tool, HttpTool):
                 return _post(tool, call, timeout_s)
-            return Outcome(True, output=tool.run(call))
+            return _run_python(tool, call)
     except gevent.Timeout:
         return Outcome(False, error=f"The tool did not answer within {timeout_s:g} s.")
+
+
+def _run_python(tool: RegisteredPythonTool, call: ToolCall) -> Outcome:
+    try:
+        return Outcome(True, output=tool.run(call))
     except Exception as exc:
-        if isinstance(tool, HttpTool):
-            raise  # _post turns every failure it expects into an Outcome
         log.warning("tool %s failed: %s", call.name, exc)
         return Outcome(False, error=f"The tool failed: {type(exc).__name__}: {exc}")
 
