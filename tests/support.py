@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,14 @@ def make_user(
     with psycopg.connect(db_url) as conn:
         user = users.create_user(conn, name, admin=admin, token_limit=token_limit)
         return users.create_token(conn, user.id)
+
+
+def wait_until(what: str, condition: Any, timeout: float = 30) -> None:
+    """Poll state another process changes (there is no event to await from outside)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        gevent.sleep(0.02)
 
 
 def query(db_url: str, sql: str, *params: Any) -> list[dict[str, Any]]:

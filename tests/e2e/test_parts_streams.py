@@ -8,7 +8,6 @@ reasoning, and each tool call's final state, as the database has them.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,14 @@ import pytest
 from chatsvc.fakellm import parse_directives, script_text
 from tests.e2e.conftest import Instance, serving
 from tests.faketools import FakeToolServer
-from tests.support import FakeLLMServer, FollowResult, follow_message, make_user, query
+from tests.support import (
+    FakeLLMServer,
+    FollowResult,
+    follow_message,
+    make_user,
+    query,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -135,10 +141,7 @@ def test_a_takeover_mid_reasoning_keeps_what_was_shown_and_goes_on(
         token = make_user(db, "rhea")
         message_id = a.client(token).ask("@fake reasoning=150 size=2 chunks=20 delay=0.01")
         reader = gevent.spawn(_read_with_drops, [a.base, b.base], token, message_id, 99)
-        deadline = time.monotonic() + 30
-        while _reasoning_length(db, message_id) < 40:
-            assert time.monotonic() < deadline, "no reasoning committed"
-            gevent.sleep(0.02)
+        wait_until("some reasoning", lambda: _reasoning_length(db, message_id) >= 40)
         a.kill()
         seen: FollowResult = reader.get(timeout=90)
         message = b.client(token).get(f"/api/messages/{message_id}").json()
@@ -166,14 +169,8 @@ def test_cancel_during_a_running_tool_ends_the_loop_at_once(
     a, b = tools_pair
     question = '@fake calls=lookup:{"q":"slow"} seed=cancel-tool'
     message_id = a.client(token).ask(question)
-    deadline = time.monotonic() + 30
-    while not query(
-        shared_db,
-        "SELECT 1 FROM tool_calls WHERE message_id = %s AND status = 'running'",
-        message_id,
-    ):
-        assert time.monotonic() < deadline, "the call never started"
-        gevent.sleep(0.02)
+    running = "SELECT 1 FROM tool_calls WHERE message_id = %s AND status = 'running'"
+    wait_until("the call to start", lambda: query(shared_db, running, message_id))
     assert b.client(token).post(f"/api/messages/{message_id}/cancel").status_code == 202
     final = b.client(token).wait_terminal(message_id)
     assert final["status"] == "cancelled"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 from chatsvc.fakellm import parse_directives, script_text
 from tests.e2e.conftest import Instance
 from tests.faketools import FakeToolServer
-from tests.support import FakeLLMServer, FollowResult, follow_message, make_user, query
+from tests.support import FakeLLMServer, FollowResult, follow_message, make_user, query, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -67,13 +66,6 @@ def _answer(db: str, message_id: str) -> dict[str, Any]:
     return row
 
 
-def _until(what: str, condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        gevent.sleep(0.02)
-
-
 Scenario = Callable[..., Outcome]
 
 
@@ -101,7 +93,7 @@ def _release_when_resent(tools: FakeToolServer) -> Callable[[str], None]:
 
     def release(message_id: str) -> None:
         key = f"chatsvc:{message_id}:call_0_0"
-        _until("the resend", lambda: tools.app.attempts(key) == 2)
+        wait_until("the resend", lambda: tools.app.attempts(key) == 2)
         tools.app.release.set()
 
     return release
@@ -129,7 +121,7 @@ def _kill_owner_when(
         bases = [a.base, b.base]
         follower = gevent.spawn(follow_message, bases, token, message_id)
         parts_follower = gevent.spawn(follow_message, bases, token, message_id, parts=True)
-        _until("the moment to kill", lambda: moment(message_id))
+        wait_until("the moment to kill", lambda: moment(message_id))
         stop(a)
         if after_kill is not None:
             after_kill(message_id)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import gevent
-import pytest
 
 from chatsvc.engine import tool_runner
 from chatsvc.engine.tools import (
@@ -17,14 +15,6 @@ from chatsvc.engine.tools import (
     ToolDeclaration,
 )
 from tests.faketools import FakeToolServer
-
-
-@pytest.fixture
-def fake_tools() -> Iterator[FakeToolServer]:
-    server = FakeToolServer(slow_s=5)
-    yield server
-    server.stop()
-
 
 CALL = ToolCall("call_0_0", "charge", {"amount": 5}, "m-1", "c-1", "alice", "key-1")
 
