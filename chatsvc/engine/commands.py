@@ -12,7 +12,7 @@ from uuid import UUID
 
 from psycopg import Connection
 
-from chatsvc.engine import conversations, events, projects, users
+from chatsvc.engine import conversations, events, limits, models, projects, users
 from chatsvc.engine import messages as message_rows
 from chatsvc.engine.conversations import Conversation
 from chatsvc.engine.messages import Exchange, Message
@@ -43,6 +43,7 @@ def send(
     """Store the user message and a streaming answer, then generate it in the background."""
     if rt.hub.closing:
         raise Unavailable("This server is shutting down; retry on another.")
+    model = models.choose(rt.settings, model)
     with wrap_exceptions(), rt.pool.connection() as conn:
         conversation = conversations.get_visible(conn, user.id, conversation_id)
         if client_message_id is not None:
@@ -51,12 +52,13 @@ def send(
                 return Sent(earlier, created=False)
         if users.usage(conn, user.id).exhausted:
             raise TokenLimitExceeded()
+        limits.admit_stream(conn, rt.settings, user.id)
         exchange = message_rows.create_exchange(
             conn,
             conversation_id=conversation_id,
             user_id=user.id,
             content=content,
-            model=model or rt.settings.model,
+            model=model,
             client_message_id=client_message_id,
             owner=rt.owner,
             lease_s=rt.settings.lease_s,

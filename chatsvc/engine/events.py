@@ -141,6 +141,13 @@ class LeasesReleased:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessRevoked:
+    """A user was disabled or their tokens revoked: their open streams and sockets end."""
+
+    user_id: UUID
+
+
+@dataclass(frozen=True, slots=True)
 class ProjectEvent:
     """An event for a project room (conversation.created, stream.started, ...)."""
 
@@ -169,6 +176,7 @@ Event = (
     | CancelRequested
     | ConversationDeleted
     | LeasesReleased
+    | AccessRevoked
     | ProjectEvent
 )
 
@@ -193,6 +201,8 @@ def _to_wire(event: Event) -> list[Any]:
             return ["x", str(c)]
         case LeasesReleased():
             return ["r"]
+        case AccessRevoked(u):
+            return ["u", str(u)]
         case ProjectEvent(p, name, data):
             return ["p", str(p), name, data]
     raise TypeError(f"not an event: {event!r}")
@@ -218,6 +228,8 @@ def _from_wire(item: list[Any]) -> Event:
         return ConversationDeleted(UUID(item[1]))
     if kind == "r":
         return LeasesReleased()
+    if kind == "u":
+        return AccessRevoked(UUID(item[1]))
     if kind == "p":
         return ProjectEvent(UUID(item[1]), item[2], item[3])
     raise ValueError(f"unknown event kind {kind!r}")

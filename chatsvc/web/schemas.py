@@ -61,7 +61,10 @@ class SendMessage(Body):
     """A message to send; its answer starts streaming."""
 
     content: MessageContent
-    model: Text | None = Field(default=None, description="A litellm model name.")
+    model: Text | None = Field(
+        default=None,
+        description="One of GET /api/models (`unknown_model` otherwise); the default without it.",
+    )
     client_message_id: Text | None = Field(default=None, description="An idempotency key.")
 
 

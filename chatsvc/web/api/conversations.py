@@ -12,7 +12,14 @@ from chatsvc.engine import messages as message_rows
 from chatsvc.engine.conversations import Conversation
 from chatsvc.engine.messages import Message
 from chatsvc.engine.status import ConversationStatus
-from chatsvc.errors import InvalidRequest, NotFound, StreamActive, TokenLimitExceeded
+from chatsvc.errors import (
+    InvalidRequest,
+    NotFound,
+    StreamActive,
+    TokenLimitExceeded,
+    TooManyStreams,
+    UnknownModel,
+)
 from chatsvc.web import schemas, sse
 from chatsvc.web.api import bp
 from chatsvc.web.auth import current_user
@@ -91,7 +98,7 @@ def delete_conversation(conversation_id: UUID) -> None:
         200: "`client_message_id` was already used in this conversation: the same pair, "
         "and nothing is started."
     },
-    errors=(NotFound, StreamActive, TokenLimitExceeded),
+    errors=(NotFound, StreamActive, TokenLimitExceeded, TooManyStreams, UnknownModel),
 )
 def send_message(conversation_id: UUID, body: schemas.SendMessage) -> tuple[schemas.Exchange, int]:
     """Store the user message and a streaming answer, then generate it in the background."""
