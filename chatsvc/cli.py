@@ -193,11 +193,12 @@ def users_create(name: str, admin: bool, token_limit: int | None) -> None:
 @click.argument("name")
 def users_disable(name: str) -> None:
     """Disable a user at once, on every instance: their tokens and sessions get 401, their open
-    streams and WebSockets are closed. `users enable` undoes it."""
+    streams and WebSockets are closed, their streaming answers are cancelled. `users enable`
+    undoes all but the cancels."""
     from chatsvc.engine import access  # noqa: PLC0415
 
-    _access(lambda conn: access.disable(conn, name))
-    click.echo(f"disabled user {name}")
+    cancelled = _access(lambda conn: access.disable(conn, name))
+    click.echo(f"disabled user {name}; cancelled {cancelled} streaming answer(s)")
 
 
 @users.command("enable")
