@@ -89,7 +89,7 @@ def websocket(ws: Any) -> None:
     user = auth.page_user()
     if user is not None:
         with contextlib.suppress(Unauthorized):
-            connection.sign_in(user, auth.page_user)
+            connection.sign_in(user, auth.lookup_later())
     connection.run()
 
 
@@ -196,7 +196,7 @@ class Connection:
                 if isinstance(item, Revoked):
                     break
                 # Events were lost (the listener reconnected): one may have been this.
-                if isinstance(item, Resync) and lookup() is None:
+                if isinstance(item, Resync) and not self._still_allowed(lookup):
                     break
         finally:
             sub.close()
@@ -247,6 +247,13 @@ class Connection:
         self._start(
             ("project", frame.project_id), follower, follower.open(frame.project_id, user.id)
         )
+
+    @staticmethod
+    def _still_allowed(lookup: Callable[[], User | None]) -> bool:
+        try:
+            return lookup() is not None
+        except ApiError:  # the database is away: keep serving, look again at the next resync
+            return True
 
     # --- following ----------------------------------------------------------------------
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import psycopg
 import pytest
 import requests
 from click.testing import CliRunner
 
 from chatsvc import cli
+from chatsvc.engine.hub import RESYNC
 from tests.support import (
     TEST_SETTINGS,
     ApiClient,
@@ -177,3 +180,30 @@ def test_disable_and_revoke_name_a_user_that_exists(db_url: str) -> None:
     for args in (["users", "disable", "nobody"], ["tokens", "revoke", "nobody"]):
         result = CliRunner().invoke(cli.main, args, env={"DATABASE_URL": db_url})
         assert result.exit_code == 1 and "No user named 'nobody'" in result.output
+
+
+@pytest.mark.parametrize("how", ["auth frame", "upgrade header"])
+def test_a_socket_that_missed_the_revocation_looks_again_after_a_resync(
+    limited: AppServer, how: str
+) -> None:
+    token = make_user(limited.db_url, "alice")
+    header = {"Authorization": f"Bearer {token}"}
+    ws = WsClient(limited.base, header if how == "upgrade header" else None)
+    try:
+        if how == "auth frame":
+            ws.send({"type": "auth", "token": token})
+        ws.send({"type": "subscribe", "conversation_id": str(uuid.uuid4())})
+        assert ws.receive()["code"] == "not_found"  # authenticated
+        limited.runtime.hub.broadcast(RESYNC)  # nothing lost yet: the socket stays
+        ws.send({"type": "subscribe", "conversation_id": str(uuid.uuid4())})
+        assert ws.receive()["code"] == "not_found"
+        with psycopg.connect(limited.db_url) as conn:  # no NOTIFY: as if it were lost
+            conn.execute("UPDATE users SET disabled_at = now() WHERE name = 'alice'")
+        limited.runtime.hub.broadcast(RESYNC)
+        assert ws.receive()["code"] == "unauthorized"
+        with gevent.Timeout(5, AssertionError("the socket stayed open")):
+            while ws.client.connected:
+                ws.client.receive(timeout=0.1)
+    finally:
+        if ws.client.connected:
+            ws.close()
