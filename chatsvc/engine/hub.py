@@ -15,6 +15,7 @@ from gevent.queue import Empty, Full, Queue
 
 from chatsvc.engine.events import (
     AccessRevoked,
+    BranchChanged,
     ConversationDeleted,
     Delta,
     Event,
@@ -169,7 +170,7 @@ def _route_keys(event: Event) -> tuple[UUID, ...]:
             | MessageCreated()
         ):
             return (event.message_id, event.conversation_id)
-        case ConversationDeleted():
+        case ConversationDeleted() | BranchChanged():
             return (event.conversation_id,)
         case ProjectEvent():
             return (event.project_id,)
