@@ -11,18 +11,20 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import click
 
-from chatsvc.config import ConfigError, Settings
+from chatsvc.config import OFFLINE_MODEL, ConfigError, Settings
 from chatsvc.embedded import start_embedded
 
 if TYPE_CHECKING:
     from psycopg import Connection
+
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -66,19 +68,58 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
-def serve(host: str, port: int, workers: int) -> None:
-    """Serve the app with gunicorn gevent workers (embedded Postgres without DATABASE_URL)."""
+@click.option(
+    "--skip-model-check",
+    is_flag=True,
+    help="Start even if litellm's check finds the default model's credentials missing "
+    "(for credentials it cannot see, such as a cloud role).",
+)
+def serve(host: str, port: int, workers: int, skip_model_check: bool) -> None:
+    """Serve the app with gunicorn gevent workers (embedded Postgres without DATABASE_URL).
+
+    First it checks the models as `chatsvc models` does, and refuses to start when
+    the default model cannot be called (unless --skip-model-check).
+    """
     from chatsvc import server  # noqa: PLC0415
 
     settings = _settings()
     _tools(settings)  # a bad tools file stops here, before anything starts
+    # The built-in offline model alone needs no check. Like migrations, the check
+    # runs in a child process (the master must not import litellm before it forks
+    # the workers), while the database starts.
+    check = None
+    if not skip_model_check and (settings.models or settings.model != OFFLINE_MODEL):
+        check = subprocess.Popen([sys.executable, "-m", "chatsvc", "models", "--problems"])
     if settings.database_url is None:
         os.environ["DATABASE_URL"] = start_embedded(settings.data_dir)
     # Migrations run in a child process: the master must not import psycopg
     # before it forks the workers. The advisory lock in `db upgrade` makes
     # instances that start together apply them once.
     subprocess.run([sys.executable, "-m", "chatsvc", "db", "upgrade"], check=True)
+    if check is not None and check.wait() != 0:
+        raise click.ClickException(
+            "not starting: the default model cannot be called (see above); "
+            "or start with --skip-model-check"
+        )
     server.serve(host, port, workers)
+
+
+@main.command("models")
+@click.option("--problems", is_flag=True, help="Print only what is wrong (as `serve` does).")
+def models_command(problems: bool) -> None:
+    """The models clients may choose, checked with litellm (exit status 1 on a problem)."""
+    from chatsvc.engine import models  # noqa: PLC0415
+
+    settings = _settings()
+    for choice in [] if problems else models.choices(settings):
+        click.echo(f"{choice.id}{'  (default)' if choice.default else ''}")
+    found = models.check(settings)
+    for warning in found.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for error in found.errors:
+        click.echo(f"error: {error}", err=True)
+    if found.errors:
+        sys.exit(1)
 
 
 @main.command("tools")
@@ -148,6 +189,41 @@ def users_create(name: str, admin: bool, token_limit: int | None) -> None:
     click.echo(token)
 
 
+@users.command("disable")
+@click.argument("name")
+def users_disable(name: str) -> None:
+    """Disable a user at once, on every instance: their tokens and sessions get 401, their open
+    streams and WebSockets are closed, their streaming answers are cancelled. `users enable`
+    undoes all but the cancels."""
+    from chatsvc.engine import access  # noqa: PLC0415
+
+    cancelled = _access(lambda conn: access.disable(conn, name))
+    click.echo(f"disabled user {name}; cancelled {cancelled} streaming answer(s)")
+
+
+@users.command("enable")
+@click.argument("name")
+def users_enable(name: str) -> None:
+    """Let a disabled user in again, with the tokens they had."""
+    from chatsvc.engine import access  # noqa: PLC0415
+
+    _access(lambda conn: access.enable(conn, name))
+    click.echo(f"enabled user {name}")
+
+
+def _access(change: Callable[[Connection[Any]], T]) -> T:
+    """Run an access change in one transaction (committing its NOTIFY with it)."""
+    from chatsvc.errors import NotFound  # noqa: PLC0415
+
+    with _connection() as conn:
+        try:
+            result = change(conn)
+        except NotFound as exc:
+            raise click.ClickException(exc.message) from None
+        conn.commit()
+    return result
+
+
 @main.group()
 def tokens() -> None:
     """API tokens."""
@@ -167,6 +243,17 @@ def tokens_create(name: str) -> None:
         conn.commit()
     click.echo(f"new token for {user.name}")
     click.echo(token)
+
+
+@tokens.command("revoke")
+@click.argument("name")
+def tokens_revoke(name: str) -> None:
+    """Revoke every API token of a user at once, on every instance: their sessions end, their
+    open streams and WebSockets are closed. `tokens create` issues a new one."""
+    from chatsvc.engine import access  # noqa: PLC0415
+
+    revoked = _access(lambda conn: access.revoke_tokens(conn, name))
+    click.echo(f"revoked {revoked} token{'s' if revoked != 1 else ''} of {name}")
 
 
 @main.command("streams")

@@ -23,8 +23,10 @@ class Settings:
     database_url: str | None = None
     data_dir: Path = Path(".chatsvc")
     model: str = OFFLINE_MODEL
+    models: tuple[str, ...] = ()
     llm_api_base: str | None = None
     llm_api_key: str | None = None
+    llm_timeout_s: float = 120.0
     checkpoint_ms: int = 100
     checkpoint_min_ms: int = 0
     lease_s: float = 10.0
@@ -37,6 +39,7 @@ class Settings:
     offline_delay_s: float = 0.03
     tools_file: Path | None = None
     max_steps: int = 8
+    max_active_per_user: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -71,6 +74,13 @@ class Settings:
             raise ConfigError("CHATSVC_MAX_MESSAGE_CHARS must be at least 1")
         if self.max_steps < 1:
             raise ConfigError("CHATSVC_MAX_STEPS must be at least 1")
+        if self.models and self.model not in self.models:
+            raise ConfigError(
+                f"CHATSVC_MODEL={self.model!r} is not in CHATSVC_MODELS: list the default model"
+                " there too, or set CHATSVC_MODEL to one of them"
+            )
+        if self.max_active_per_user < 1:
+            raise ConfigError("CHATSVC_MAX_ACTIVE_PER_USER must be at least 1")
         if self.pool_size < 2:
             raise ConfigError("CHATSVC_POOL_SIZE must be at least 2")
         return self
@@ -92,6 +102,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _model_names(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(","))
+    if "" in names:
+        raise ValueError("an empty model name (comma-separated litellm model names)")
+    return tuple(dict.fromkeys(names))
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if value <= 0:
@@ -103,8 +120,10 @@ _VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("DATABASE_URL", "database_url", str),
     ("CHATSVC_DATA_DIR", "data_dir", Path),
     ("CHATSVC_MODEL", "model", str),
+    ("CHATSVC_MODELS", "models", _model_names),
     ("CHATSVC_LLM_API_BASE", "llm_api_base", str),
     ("CHATSVC_LLM_API_KEY", "llm_api_key", str),
+    ("CHATSVC_LLM_TIMEOUT_S", "llm_timeout_s", _positive_float),
     ("CHATSVC_CHECKPOINT_MS", "checkpoint_ms", _positive_int),
     ("CHATSVC_CHECKPOINT_MIN_MS", "checkpoint_min_ms", _positive_int),
     ("CHATSVC_LEASE_S", "lease_s", _positive_float),
@@ -117,4 +136,5 @@ _VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("CHATSVC_OFFLINE_DELAY_S", "offline_delay_s", float),
     ("CHATSVC_TOOLS_FILE", "tools_file", Path),
     ("CHATSVC_MAX_STEPS", "max_steps", _positive_int),
+    ("CHATSVC_MAX_ACTIVE_PER_USER", "max_active_per_user", _positive_int),
 )

@@ -95,11 +95,25 @@ class ValidationError(ApiError):
     code = "validation_error"
 
 
+class UnknownModel(ApiError):
+    """This model is not one a client may choose here; GET /api/models lists those."""
+
+    status = 422
+    code = "unknown_model"
+
+
 class TokenLimitExceeded(ApiError):
     """This user's token limit is used up."""
 
     status = 429
     code = "token_limit_exceeded"
+
+
+class TooManyStreams(ApiError):
+    """This user has as many answers streaming as allowed; wait for one to finish."""
+
+    status = 429
+    code = "too_many_streams"
 
 
 class Unavailable(ApiError):

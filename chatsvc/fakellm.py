@@ -32,6 +32,11 @@ message, e.g. "@fake chunks=40 size=3 delay=0.02 alphabet=mixed fail_after=10":
                 3600) or `release` is set; later requests for it do not, so a
                 test can kill a process while its model call is in flight and
                 watch another make it again (`stalled` is set meanwhile)
+    wait        seconds every request waits before it is answered at all (a
+                provider too slow for chatsvc's timeout)
+    status      answer with this HTTP status and an OpenAI-style error body instead
+                (401, 403, 404, 429, 500, 503 ...), after any stall; `message` (with
+                `_` for spaces) is the error's message
 
 Chunk counts for fail_after and hang_after include reasoning and argument
 fragments. The answer is a pure function of the directives and of how many tool
@@ -42,6 +47,7 @@ continue a partial answer it continues the same text from that point.
 from __future__ import annotations
 
 import argparse
+import http
 import json
 import random
 import socket
@@ -180,6 +186,10 @@ class FakeLLM:
         if directives.get("stall_step") == str(step) and self._first(question, step):
             self.stalled.set()
             self.release.wait(float(directives.get("stall", 3600)))
+        if "wait" in directives:
+            time.sleep(float(directives["wait"]))
+        if "status" in directives:
+            return _refuse(int(directives["status"]), directives, start_response)
         deltas: list[dict[str, Any]] = [
             {"reasoning_content": piece}
             for piece in split(script_reasoning(directives, step), size)
@@ -262,6 +272,23 @@ class FakeLLM:
             }
             yield event({}, usage=usage)
         yield b"data: [DONE]\n\n"
+
+
+ERROR_TYPES = {
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+
+
+def _refuse(status: int, directives: dict[str, str], start_response: Any) -> Iterator[bytes]:
+    """An error response as OpenAI sends one: {"error": {"message", "type", "code"}}."""
+    reason = http.HTTPStatus(status).phrase
+    message = directives.get("message", f"fake_{reason}").replace("_", " ")
+    error = {"message": message, "type": ERROR_TYPES.get(status, "server_error"), "code": None}
+    start_response(f"{status} {reason}", [("Content-Type", "application/json")])
+    return iter([json.dumps({"error": error}).encode()])
 
 
 def _call_deltas(calls: list[tuple[str, str]], step: int, size: int) -> list[dict[str, Any]]:

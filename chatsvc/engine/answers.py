@@ -18,7 +18,7 @@ from typing import Any
 import gevent
 
 from chatsvc.config import OFFLINE_MODEL, Settings
-from chatsvc.engine import builtin_tools, history, ledger, llm, prompts
+from chatsvc.engine import builtin_tools, history, ledger, llm, prompts, provider_errors
 from chatsvc.engine.checkpoint import Checkpointer
 from chatsvc.engine.continuation import Seam
 from chatsvc.engine.stream import Ending, Meter, State, Stream
@@ -36,10 +36,13 @@ class ModelCall:
     produced: list[str] = field(default_factory=list)
     usage: llm.Piece | None = None
 
-    def meter(self, step: int) -> Meter:
-        """Its llm_calls row: the reported usage, or an estimate when there was none."""
+    def meter(self, step: int, refused: bool = False) -> Meter:
+        """Its llm_calls row: the reported usage, else an estimate, else (a call the provider
+        refused or never received, with nothing produced) no tokens at all."""
         if self.usage is not None and self.usage.usage is not None:
             return Meter(step, self.usage.usage, self.usage.estimated)
+        if refused and not self.produced:
+            return Meter(step, {"prompt_tokens": 0, "completion_tokens": 0}, False)
         estimate = {
             "prompt_tokens": llm.estimate_tokens(json.dumps(self.prompt)),
             "completion_tokens": llm.estimate_tokens("".join(self.produced)),
@@ -106,14 +109,16 @@ class Answerer:
             # often inside litellm, which wraps them: decide by the stream's state.
             if stream.handed_off:
                 return
+            cancelled = stream.state is State.CANCELLING
             if current is not None:
-                stream.meters.append(current.meter(stream.step))
-            if stream.state is State.CANCELLING:
+                refused = not cancelled and provider_errors.classify(exc) is not None
+                stream.meters.append(current.meter(stream.step, refused))
+            if cancelled:
                 ending = Ending("cancelled")
                 running, unsent = ledger.CANCELLED, ledger.NOT_SENT_CANCELLED
             else:
                 log.warning("answer %s failed: %s", stream.message_id, exc)
-                ending = Ending("failed", error=llm.readable_error(exc))
+                ending = Ending("failed", error=provider_errors.readable(exc))
                 running, unsent = ledger.ENDED_RUNNING, ledger.NOT_SENT_FAILED
             if steps is not None:
                 steps.abandon(stream, running, unsent)

@@ -13,7 +13,16 @@ from uuid import UUID
 import psycopg
 from psycopg import Connection
 
-from chatsvc.engine import continuation, conversations, events, projects, tree, users
+from chatsvc.engine import (
+    continuation,
+    conversations,
+    events,
+    limits,
+    models,
+    projects,
+    tree,
+    users,
+)
 from chatsvc.engine import messages as message_rows
 from chatsvc.engine.conversations import Conversation
 from chatsvc.engine.leases import Claim
@@ -55,12 +64,13 @@ def send(
     """Store the user message after the current branch's last message, and a streaming
     answer; generate it in the background."""
     _accepting(rt)
+    model = models.choose(rt.settings, model)
     with wrap_exceptions(), rt.pool.connection() as conn:
         conversation = conversations.get_visible(conn, user.id, conversation_id)
         earlier = _earlier(conn, conversation_id, client_message_id)
         if earlier is not None:
             return earlier
-        _within_budget(conn, user)
+        _within_budget(rt, conn, user)
         with conn.transaction():
             leaf = tree.lock(conn, conversation_id)
             sent = _exchange(
@@ -85,7 +95,8 @@ def regenerate(rt: Runtime, user: User, message_id: UUID, *, model: str | None =
         if answer.role != "assistant" or answer.parent_id is None:
             raise ValidationError("Only an answer can be regenerated; a question is edited.")
         conversation = conversations.get_visible(conn, user.id, answer.conversation_id)
-        _within_budget(conn, user)
+        model = models.choose(rt.settings, model or answer.model)
+        _within_budget(rt, conn, user)
         with conn.transaction():
             tree.lock(conn, conversation.id)
             sent = _exchange(
@@ -96,7 +107,7 @@ def regenerate(rt: Runtime, user: User, message_id: UUID, *, model: str | None =
                 answer.parent_id,
                 content=None,
                 client_message_id=None,
-                model=model or answer.model,
+                model=model,
                 moved=True,
             )
     return _started(rt, sent)
@@ -114,6 +125,7 @@ def edit(
     """A new version of a user message (same parent) and its answer, on a branch that
     becomes current; the old version and what followed it stay as they were."""
     _accepting(rt)
+    model = models.choose(rt.settings, model)
     with wrap_exceptions(), rt.pool.connection() as conn:
         question = message_rows.get_visible(conn, user.id, message_id)
         if question.role != "user":
@@ -122,7 +134,7 @@ def edit(
         earlier = _earlier(conn, conversation.id, client_message_id)
         if earlier is not None:
             return earlier
-        _within_budget(conn, user)
+        _within_budget(rt, conn, user)
         with conn.transaction():
             tree.lock(conn, conversation.id)
             sent = _exchange(
@@ -154,7 +166,8 @@ def continue_answer(
                 f"this one is {message.status}."
             )
         conversation = conversations.get_visible(conn, user.id, message.conversation_id)
-        _within_budget(conn, user)
+        model = models.choose(rt.settings, model or message.model)
+        _within_budget(rt, conn, user)
         with conn.transaction():
             leaf = tree.lock(conn, conversation.id)
             if not tree.is_leaf(conn, message_id):
@@ -178,7 +191,7 @@ def continue_answer(
                         stopped,
                         owner=rt.owner,
                         lease_s=rt.settings.lease_s,
-                        model=model or message.model or rt.settings.model,
+                        model=model,
                     )
             except psycopg.errors.UniqueViolation as exc:
                 if unique_violation_of(exc, "messages_one_streaming_per_conversation"):
@@ -233,9 +246,12 @@ def _earlier(
     return None if earlier is None else Sent(earlier, created=False)
 
 
-def _within_budget(conn: Connection[Any], user: User) -> None:
+def _within_budget(rt: Runtime, conn: Connection[Any], user: User) -> None:
+    """The user's token limit, then their streaming answers (a per-user lock held until
+    commit, taken before the conversation's lock in every command)."""
     if users.usage(conn, user.id).exhausted:
         raise TokenLimitExceeded()
+    limits.admit_stream(conn, rt.settings, user.id)
 
 
 def _exchange(

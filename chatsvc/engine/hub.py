@@ -14,6 +14,7 @@ from uuid import UUID
 from gevent.queue import Empty, Full, Queue
 
 from chatsvc.engine.events import (
+    AccessRevoked,
     BranchChanged,
     ConversationDeleted,
     Delta,
@@ -37,8 +38,14 @@ class Closing:
     """Sentinel: the process is stopping; end cleanly so the client reconnects elsewhere."""
 
 
+class Revoked(Closing):
+    """Sentinel: the user this subscriber serves lost access; end now (they get 401 if they
+    reconnect)."""
+
+
 RESYNC = Resync()
 CLOSING = Closing()
+REVOKED = Revoked()
 Item = Event | Resync | Closing
 
 
@@ -105,6 +112,12 @@ class Hub:
             self._routes.setdefault(key, set()).add(sub)
         return sub
 
+    def extend(self, sub: Subscriber, *keys: UUID) -> None:
+        """Route events of more keys to a subscriber (its user's, so it hears of a revocation)."""
+        sub.keys += keys
+        for key in keys:
+            self._routes.setdefault(key, set()).add(sub)
+
     def unsubscribe(self, sub: Subscriber) -> None:
         """Stop routing to a subscriber (idempotent)."""
         for key in sub.keys:
@@ -131,9 +144,11 @@ class Hub:
                     handler(event)
                 except Exception:
                     log.exception("event handler failed on %r", event)
+            # A revoked user's followers end: they are sent the sentinel, not the event.
+            item: Item = REVOKED if isinstance(event, AccessRevoked) else event
             for key in _route_keys(event):
                 for sub in tuple(self._routes.get(key, ())):
-                    sub.offer(event)
+                    sub.offer(item)
 
     def broadcast(self, item: Resync | Closing) -> None:
         """Send a sentinel to every subscriber."""
@@ -159,4 +174,6 @@ def _route_keys(event: Event) -> tuple[UUID, ...]:
             return (event.conversation_id,)
         case ProjectEvent():
             return (event.project_id,)
+        case AccessRevoked():
+            return (event.user_id,)
     return ()

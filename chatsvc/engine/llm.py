@@ -90,7 +90,7 @@ def stream(
         "stream": True,
         "stream_options": {"include_usage": True},
         "drop_params": True,
-        "timeout": 120,
+        "timeout": settings.llm_timeout_s,
     }
     if settings.llm_api_base:
         kwargs["api_base"] = settings.llm_api_base
@@ -136,17 +136,27 @@ def _close(response: Any) -> None:
                 close()
 
 
+def provider_of(model: str) -> str | None:
+    """The provider litellm would call for a model name, or None when it cannot tell."""
+    try:
+        return str(litellm.get_llm_provider(model)[1])
+    except litellm.exceptions.BadRequestError:
+        return None
+
+
+def missing_credentials(settings: Settings, model: str) -> list[str]:
+    """The environment variables litellm's own check says a model's provider still needs."""
+    if model == OFFLINE_MODEL:
+        return []
+    found = litellm.validate_environment(
+        model, api_key=settings.llm_api_key, api_base=settings.llm_api_base
+    )
+    return [str(name) for name in found.get("missing_keys") or ()]
+
+
 def estimate_tokens(text: str) -> int:
     """A provider-independent estimate: about four characters per token."""
     return math.ceil(len(text) / 4)
-
-
-def readable_error(exc: BaseException) -> str:
-    """A one-line description of a provider error for the message's `error` field."""
-    name = type(exc).__name__
-    message = " ".join(str(exc).split())
-    message = re.sub(r"^litellm\.\w+: ", "", message)
-    return f"{name}: {message}"[:2000] if message else name
 
 
 # --- the built-in offline model --------------------------------------------------

@@ -94,12 +94,12 @@ def create_token(conn: Connection[Any], user_id: UUID) -> str:
 SELECT_USER_BY_TOKEN = f"""
 SELECT {_USER_COLUMNS}, t.id AS token_id
 FROM api_tokens t JOIN users u ON u.id = t.user_id
-WHERE t.token_hash = %s
+WHERE t.token_hash = %s AND u.disabled_at IS NULL
 """
 
 
 def user_by_token(conn: Connection[Any], token: str) -> tuple[User, UUID] | None:
-    """The user holding this API token, and the token's id."""
+    """The (enabled) user holding this API token, and the token's id."""
     row = conn.execute(SELECT_USER_BY_TOKEN, (hash_secret(token),)).fetchone()
     if row is None:
         return None
@@ -122,12 +122,12 @@ def create_session(conn: Connection[Any], user_id: UUID, token_id: UUID) -> str:
 SELECT_USER_BY_SESSION = f"""
 SELECT {_USER_COLUMNS}
 FROM sessions s JOIN users u ON u.id = s.user_id
-WHERE s.secret_hash = %s AND s.expires_at > now()
+WHERE s.secret_hash = %s AND s.expires_at > now() AND u.disabled_at IS NULL
 """
 
 
 def user_by_session(conn: Connection[Any], secret: str) -> User | None:
-    """The user of a live browser session."""
+    """The (enabled) user of a live browser session."""
     cur = conn.cursor(row_factory=class_row(User))
     return cur.execute(SELECT_USER_BY_SESSION, (hash_secret(secret),)).fetchone()
 
@@ -138,6 +138,27 @@ DELETE_SESSION = "DELETE FROM sessions WHERE secret_hash = %s"
 def delete_session(conn: Connection[Any], secret: str) -> None:
     """End a browser session."""
     conn.execute(DELETE_SESSION, (hash_secret(secret),))
+
+
+SET_DISABLED = """
+UPDATE users SET disabled_at = CASE WHEN %(disabled)s THEN coalesce(disabled_at, now()) END
+WHERE name = %(name)s
+RETURNING id
+"""
+
+
+def set_disabled(conn: Connection[Any], name: str, disabled: bool) -> UUID | None:
+    """Disable (or enable again) the user of this name; their id, or None if there is none."""
+    row = conn.execute(SET_DISABLED, {"name": name, "disabled": disabled}).fetchone()
+    return None if row is None else UUID(str(row[0]))
+
+
+DELETE_TOKENS = "DELETE FROM api_tokens WHERE user_id = %s"
+
+
+def delete_tokens(conn: Connection[Any], user_id: UUID) -> int:
+    """Delete every API token of a user, and so (by cascade) every session; how many."""
+    return conn.execute(DELETE_TOKENS, (user_id,)).rowcount
 
 
 SELECT_USAGE = "SELECT prompt_tokens, completion_tokens, token_limit FROM users WHERE id = %s"

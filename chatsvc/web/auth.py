@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Response, g, jsonify, request
 
 from chatsvc.engine import users
+from chatsvc.engine.runtime import Runtime
 from chatsvc.engine.users import User
 from chatsvc.errors import Unauthorized
 from chatsvc.web import schemas
-from chatsvc.web.context import connection
+from chatsvc.web.context import connection, runtime
 from chatsvc.web.declare import serialise
 
 COOKIE = "chatsvc_session"
@@ -22,36 +25,48 @@ def current_user() -> User:
 
 def authenticate() -> None:
     """Identify the caller by Bearer token, else by session cookie; 401 if neither."""
-    header = request.headers.get("Authorization")
+    g.user = _find(request.headers.get("Authorization"), request.cookies.get(COOKIE), runtime())
+
+
+def lookup_later() -> Callable[[], User | None]:
+    """A lookup of this request's credentials that can run again after the request (a
+    WebSocket checks, later, that its user still has access): their user, or None."""
+    header, cookie, rt = (
+        request.headers.get("Authorization"),
+        request.cookies.get(COOKIE),
+        runtime(),
+    )
+
+    def lookup() -> User | None:
+        try:
+            return _find(header, cookie, rt)
+        except Unauthorized:
+            return None
+
+    return lookup
+
+
+def _find(header: str | None, cookie: str | None, rt: Runtime) -> User:
     if header is not None:
-        g.user = _token_user(header)
-    elif request.cookies.get(COOKIE):
-        user = _session_user()
+        return _token_user(header, rt)
+    if cookie:
+        with connection(rt) as conn:
+            user = users.user_by_session(conn, cookie)
         if user is None:
             raise Unauthorized("This session has ended; sign in with a token again.")
-        g.user = user
-    else:
-        raise Unauthorized()
+        return user
+    raise Unauthorized()
 
 
-def _token_user(header: str) -> User:
+def _token_user(header: str, rt: Runtime) -> User:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
-    with connection() as conn:
+    with connection(rt) as conn:
         found = users.user_by_token(conn, token.strip())
     if found is None:
         raise Unauthorized("This token is not valid.")
     return found[0]
-
-
-def _session_user() -> User | None:
-    """The user of this browser's session cookie, if it names a live session."""
-    cookie = request.cookies.get(COOKIE)
-    if not cookie:
-        return None
-    with connection() as conn:
-        return users.user_by_session(conn, cookie)
 
 
 def page_user() -> User | None:

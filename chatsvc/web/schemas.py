@@ -62,7 +62,10 @@ class SendMessage(Body):
     """A message to send; its answer starts streaming."""
 
     content: MessageContent
-    model: Text | None = Field(default=None, description="A litellm model name.")
+    model: Text | None = Field(
+        default=None,
+        description="One of GET /api/models (`unknown_model` otherwise); the default without it.",
+    )
     client_message_id: Text | None = Field(default=None, description="An idempotency key.")
 
 
@@ -71,8 +74,8 @@ class ChooseModel(Body):
 
     model: Text | None = Field(
         default=None,
-        description="A litellm model name; by default the model of the answer it replaces "
-        "or continues.",
+        description="One of GET /api/models (`unknown_model` otherwise); by default the model "
+        "of the answer it replaces or continues, which must still be one.",
     )
 
 
@@ -81,7 +84,8 @@ class EditMessage(Body):
 
     content: MessageContent
     model: Text | None = Field(
-        default=None, description="A litellm model name; by default the default model."
+        default=None,
+        description="One of GET /api/models (`unknown_model` otherwise); the default without it.",
     )
     client_message_id: Text | None = Field(default=None, description="An idempotency key.")
 
@@ -257,6 +261,19 @@ class Usage(Out):
     completion_tokens: int
     total_tokens: int = Field(description="Compared with `token_limit`.")
     token_limit: int | None = Field(description="Null when unlimited.")
+
+
+class Model(Out):
+    """A model a client may name in a send."""
+
+    id: str = Field(description="A litellm model name, as `model` in a send.")
+    default: bool = Field(description="Whether it answers a send that names no model.")
+
+
+class ModelList(Out):
+    """The models a client may choose (`CHATSVC_MODELS`, or else the default model alone)."""
+
+    items: list[Model]
 
 
 class Health(Out):

@@ -19,6 +19,7 @@ from chatsvc.engine.followers import (
 from chatsvc.engine.positions import Cursor, Position
 from chatsvc.engine.runtime import Runtime
 from chatsvc.errors import InvalidRequest, Unavailable
+from chatsvc.web.auth import authenticate, current_user
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def format_event(out: Out) -> str:
 
 
 def _respond(follower: Follower, first: list[Out]) -> Response:
+    _end_on_revocation(follower)
+
     def body() -> Iterator[str]:
         # The first yield sends the headers, so the client knows at once it is connected.
         yield RETRY
@@ -49,6 +52,19 @@ def _respond(follower: Follower, first: list[Out]) -> Response:
     # Runs when the server closes the response, even if the body never started.
     response.call_on_close(follower.close)
     return response
+
+
+def _end_on_revocation(follower: Follower) -> None:
+    """Make the stream end when its user loses access (disabled, tokens revoked) anywhere."""
+    assert follower.sub is not None
+    try:
+        follower.hub.extend(follower.sub, current_user().id)
+        # A revocation committed after this request authenticated, before the line
+        # above, was not heard: look the credentials up again.
+        authenticate()
+    except BaseException:
+        follower.close()
+        raise
 
 
 def requested_position() -> Position:

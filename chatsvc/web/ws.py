@@ -11,6 +11,7 @@ session cookie, or a Bearer header on the upgrade request, authenticates at once
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,7 @@ from chatsvc.engine.followers import (
     Out,
     ProjectFollower,
 )
+from chatsvc.engine.hub import Resync, Revoked, Subscriber
 from chatsvc.engine.messages import Message
 from chatsvc.engine.positions import Cursor, Position
 from chatsvc.engine.runtime import Runtime
@@ -58,6 +60,8 @@ sock = Sock()
 
 # Close code 1012 "service restart": the client should reconnect (elsewhere).
 CLOSE_RESTART = 1012
+# Close code 1008 "policy violation": the user lost access; reconnecting will not help.
+CLOSE_POLICY = 1008
 
 
 def init_app(app: Flask) -> None:
@@ -80,8 +84,13 @@ def runtime_of(app: Flask) -> Runtime:
 @sock.route("/api/ws", bp=bp)  # type: ignore[untyped-decorator]
 def websocket(ws: Any) -> None:
     """One WebSocket connection."""
+    connection = Connection(ws, runtime(), None)
     # A session cookie or Bearer header on the upgrade request authenticates at once.
-    Connection(ws, runtime(), auth.page_user()).run()
+    user = auth.page_user()
+    if user is not None:
+        with contextlib.suppress(Unauthorized):
+            connection.sign_in(user, auth.lookup_later())
+    connection.run()
 
 
 class Connection:
@@ -94,6 +103,7 @@ class Connection:
         self.send_lock = Semaphore()
         self.follows: dict[tuple[str, UUID], gevent.Greenlet] = {}
         self.sent_answers: set[UUID] = set()
+        self.watch: gevent.Greenlet | None = None
         self.tokens_used = 0
         # `on_<type>` handles a frame validated as CLIENT_FRAMES[type].
         self.handlers: dict[str, Callable[[Any], None]] = {
@@ -111,7 +121,7 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
-            gevent.killall(list(self.follows.values()), block=False)
+            gevent.killall([*self.follows.values(), *filter(None, [self.watch])], block=False)
 
     def handle(self, raw: str | bytes) -> None:
         """Dispatch one frame; any failure becomes an error frame."""
@@ -154,11 +164,45 @@ class Connection:
     # --- frames -----------------------------------------------------------------------
 
     def on_auth(self, frame: AuthFrame) -> None:
-        with connection(self.rt) as conn:
-            found = users.user_by_token(conn, frame.token)
-        if found is None:
+        def lookup() -> User | None:
+            with connection(self.rt) as conn:
+                found = users.user_by_token(conn, frame.token)
+            return None if found is None else found[0]
+
+        user = lookup()
+        if user is None:
             raise Unauthorized("This token is not valid.")
-        self.user = found[0]
+        self.sign_in(user, lookup)
+
+    # --- access ---------------------------------------------------------------------------
+
+    def sign_in(self, user: User, lookup: Callable[[], User | None]) -> None:
+        """Serve `user` from now on, until they lose access (disabled, tokens revoked)."""
+        sub = self.rt.hub.subscribe(user.id)
+        # A revocation committed between `lookup` and the subscription was not heard.
+        if lookup() is None:
+            sub.close()
+            raise Unauthorized("This token is not valid.")
+        if self.watch is not None:
+            self.watch.kill(block=False)
+        self.user = user
+        self.watch = gevent.spawn(self._watch_access, sub, lookup)
+
+    def _watch_access(self, sub: Subscriber, lookup: Callable[[], User | None]) -> None:
+        """Close the socket when its user's access is revoked on any instance."""
+        try:
+            while True:
+                item = sub.get(timeout=3600)
+                if isinstance(item, Revoked):
+                    break
+                # Events were lost (the listener reconnected): one may have been this.
+                if isinstance(item, Resync) and not self._still_allowed(lookup):
+                    break
+        finally:
+            sub.close()
+        self.error("unauthorized", "Access was revoked: this user or their token is gone.", {})
+        with self.send_lock, contextlib.suppress(ConnectionClosed):
+            self.ws.close(CLOSE_POLICY, "access revoked")
 
     def on_subscribe(self, frame: SubscribeFrame) -> None:
         user = self._user()
@@ -203,6 +247,13 @@ class Connection:
         self._start(
             ("project", frame.project_id), follower, follower.open(frame.project_id, user.id)
         )
+
+    @staticmethod
+    def _still_allowed(lookup: Callable[[], User | None]) -> bool:
+        try:
+            return lookup() is not None
+        except ApiError:  # the database is away: keep serving, look again at the next resync
+            return True
 
     # --- following ----------------------------------------------------------------------
 

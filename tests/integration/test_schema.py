@@ -16,7 +16,7 @@ SELECT table_name, column_name, data_type, is_nullable, column_default
 FROM information_schema.columns WHERE table_schema = 'public'
 ORDER BY table_name, ordinal_position
 """
-MIGRATIONS = ["0001.initial", "0002.parts-and-tools", "0003.tree"]
+MIGRATIONS = ["0001.initial", "0002.parts-and-tools", "0003.tree", "0004.users-disable"]
 INDEX_QUERY = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
 
 
@@ -206,7 +206,7 @@ def test_existing_conversations_become_one_branch(empty_db: str) -> None:
                     or ()
                 )
             lines.append((row[0], ids))
-    assert migrations.upgrade(empty_db) == ["0003.tree"]
+    assert migrations.upgrade(empty_db) == ["0003.tree", "0004.users-disable"]
     with psycopg.connect(empty_db) as conn:
         for conversation, ids in lines:
             parents = dict(

@@ -10,6 +10,7 @@ import pytest
 
 from chatsvc.engine import events
 from chatsvc.engine.events import (
+    AccessRevoked,
     CancelRequested,
     ConversationDeleted,
     Delta,
@@ -59,6 +60,7 @@ EVERY_KIND: list[Event] = [
     CancelRequested(C, M),
     ConversationDeleted(C),
     LeasesReleased(),
+    AccessRevoked(P),
     events.project_event(P, "stream.started", conversation_id=C, message_id=M, user_id=None),
 ]
 

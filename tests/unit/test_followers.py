@@ -8,7 +8,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from chatsvc.engine.events import Delta, Finished, StatusChanged
+from chatsvc.engine.events import AccessRevoked, Delta, Finished, StatusChanged
 from chatsvc.engine.followers import MessageFollower, Out, Sources
 from chatsvc.engine.hub import Hub
 from chatsvc.engine.messages import PartsFrom
@@ -176,3 +176,22 @@ def test_a_deleted_message_ends_the_track_quietly(table: Table) -> None:
     table.message["deleted"] = True
     assert follower.on_event(Delta(C, M, 8, 11, "rld")) == []
     assert follower.is_finished()
+
+
+def test_a_follower_extended_with_its_user_ends_when_that_user_loses_access(table: Table) -> None:
+    user, other = uuid4(), uuid4()
+    follower, first = _follow(table)
+    assert follower.sub is not None
+    table.hub.extend(follower.sub, user)
+    stream = follower.events(first)
+    assert [o.event for o in first] == ["delta"]
+    next(stream)
+    table.hub.publish([AccessRevoked(other)])
+    table.commit("hello world")
+    table.hub.publish([Delta(C, M, 5, 11, " world")])
+    out = next(stream)
+    assert out is not None and _deltas([out]) == [(5, " world", "11")]
+    table.hub.publish([AccessRevoked(user)])
+    assert list(stream) == []
+    follower.close()
+    assert table.hub.subscriber_count == 0

@@ -1,7 +1,8 @@
 """The JSON API under /api (docs/api.md), one module per resource.
 
 Each route is declared once with `declare.route`, in the module named after the
-resource it serves: session, projects, conversations, messages, streams, usage.
+resource it serves: session, projects, conversations, messages, streams, models,
+usage.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ def _authenticate() -> None:
 from chatsvc.web.api import (  # noqa: E402
     conversations,
     messages,
+    models,
     projects,
     session,
     streams,
     usage,
 )
 
-__all__ = ["bp", "conversations", "messages", "projects", "session", "streams", "usage"]
+__all__ = ["bp", "conversations", "messages", "models", "projects", "session", "streams", "usage"]

@@ -17,6 +17,8 @@ from chatsvc.errors import (
     NotFound,
     StreamActive,
     TokenLimitExceeded,
+    TooManyStreams,
+    UnknownModel,
     ValidationError,
 )
 from chatsvc.web import schemas, sse
@@ -97,7 +99,7 @@ def delete_conversation(conversation_id: UUID) -> None:
         200: "`client_message_id` was already used in this conversation: the same pair, "
         "and nothing is started."
     },
-    errors=(NotFound, StreamActive, TokenLimitExceeded),
+    errors=(NotFound, StreamActive, TokenLimitExceeded, TooManyStreams, UnknownModel),
 )
 def send_message(conversation_id: UUID, body: schemas.SendMessage) -> tuple[schemas.Exchange, int]:
     """Store the user message and a streaming answer, then generate it in the background."""

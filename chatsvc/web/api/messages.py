@@ -15,6 +15,8 @@ from chatsvc.errors import (
     NotFound,
     StreamActive,
     TokenLimitExceeded,
+    TooManyStreams,
+    UnknownModel,
     ValidationError,
 )
 from chatsvc.web import schemas, sse
@@ -45,7 +47,14 @@ def cancel_message(message_id: UUID) -> Message:
     return commands.cancel_message(runtime(), current_user(), message_id)
 
 
-TREE_ERRORS = (NotFound, ValidationError, StreamActive, TokenLimitExceeded)
+TREE_ERRORS = (
+    NotFound,
+    ValidationError,
+    StreamActive,
+    TokenLimitExceeded,
+    TooManyStreams,
+    UnknownModel,
+)
 
 
 @route(
