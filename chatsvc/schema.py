@@ -131,6 +131,9 @@ conversations = Table(
     Column("project_id", _UUID, ForeignKey("projects.id", ondelete="CASCADE")),
     Column("title", Text, nullable=False, server_default=text("''")),
     Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_CLOCK),
+    # The last message of the branch the conversation shows (no foreign key: its
+    # check would lock the message row).
+    Column("current_leaf_id", _UUID),
     CheckConstraint("char_length(title) <= 200"),
 )
 Index(
@@ -185,6 +188,9 @@ messages = Table(
     Column("step", Integer, nullable=False, server_default=text("0")),
     Column("layout", JSONB),  # the order of a streaming answer's parts
     Column("parts", JSONB),  # a finished answer's parts, as the API returns them
+    # The message this one follows (NULL for a first message); messages with the
+    # same parent are versions of one another.
+    Column("parent_id", _UUID, ForeignKey("messages.id", ondelete="CASCADE")),
     CheckConstraint("role IN ('user', 'assistant')"),
     CheckConstraint("status IN ('streaming', 'completed', 'cancelled', 'failed', 'interrupted')"),
     CheckConstraint("char_length(client_message_id) BETWEEN 1 AND 200"),
@@ -214,6 +220,18 @@ Index(
     "messages_reply_to",
     messages.c.reply_to,
     postgresql_where=messages.c.reply_to.is_not(None),
+)
+Index(
+    "messages_children",
+    messages.c.parent_id,
+    messages.c.seq,
+    postgresql_where=messages.c.parent_id.is_not(None),
+)
+Index(
+    "messages_first",
+    messages.c.conversation_id,
+    messages.c.seq,
+    postgresql_where=messages.c.parent_id.is_(None),
 )
 
 # The text (and reasoning) of streaming answers, appended at each checkpoint. No
