@@ -30,8 +30,20 @@ STREAMING = r"/stream$|/events$|^/api/ws$"
 
 # A body over the size limit is 413 too_large, a documented rejection too.
 REJECTED = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
+# The tree's operations are 422 for a message of the wrong kind or state, whatever
+# the body: a documented answer to a valid request.
+TREE = r"/(continue|regenerate|edit)$|/branch$"
+ACCEPTED_BY_TREE = ["2xx", "401", "404", "409", "422", "429"]
 CONFIG = SchemathesisConfig.from_dict(
-    {"checks": {"negative_data_rejection": {"expected-statuses": REJECTED}}}
+    {
+        "checks": {"negative_data_rejection": {"expected-statuses": REJECTED}},
+        "operations": [
+            {
+                "include-path-regex": TREE,
+                "checks": {"positive_data_acceptance": {"expected-statuses": ACCEPTED_BY_TREE}},
+            }
+        ],
+    }
 )
 
 assert create_app  # the routes are declared as the app's modules are imported
