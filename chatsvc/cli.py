@@ -19,7 +19,7 @@ from uuid import UUID
 import click
 
 from chatsvc.config import OFFLINE_MODEL, ConfigError, Settings
-from chatsvc.embedded import start_embedded
+from chatsvc.embedded import embedded_exists, start_embedded
 
 if TYPE_CHECKING:
     from psycopg import Connection
@@ -43,15 +43,59 @@ def _tools(settings: Settings) -> Any:
         raise click.ClickException(str(exc)) from None
 
 
-def _database_url(settings: Settings) -> str:
-    return settings.database_url or start_embedded(settings.data_dir)
+NO_DATABASE = """no database: DATABASE_URL is unset and there is no embedded Postgres in {path}
+(CHATSVC_DATA_DIR, by default .chatsvc in the current directory). Run this where
+`chatsvc serve` runs, or set CHATSVC_DATA_DIR to its data directory or DATABASE_URL
+to its Postgres; `chatsvc db upgrade` would create an empty database here."""
+
+
+def _database_url(settings: Settings, *, create: bool = False) -> str:
+    """DATABASE_URL, else the embedded Postgres in CHATSVC_DATA_DIR.
+
+    Only `serve` and `db upgrade` may create the embedded one: anywhere else, a
+    missing one means the command runs in the wrong place, and a new empty
+    database would only fail later with a puzzling error.
+    """
+    if settings.database_url:
+        return settings.database_url
+    if not create and not embedded_exists(settings.data_dir):
+        raise click.ClickException(NO_DATABASE.format(path=settings.data_dir.resolve()))
+    return start_embedded(settings.data_dir)
+
+
+def _where(url: str) -> str:
+    """A database URL as it may be shown: without its password."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo  # noqa: PLC0415
+
+    try:
+        params = conninfo_to_dict(url)
+    except Exception:  # a URL libpq cannot parse is reported by connect itself
+        return "the database"
+    params.pop("password", None)
+    return make_conninfo("", **params)
 
 
 @contextmanager
 def _connection() -> Iterator[Connection[Any]]:
-    from chatsvc.engine import db  # noqa: PLC0415 - keep psycopg out of `serve`
+    """A connection to a database that has chatsvc's schema, or a one-line error."""
+    import psycopg  # noqa: PLC0415 - keep psycopg out of `serve`
 
-    with db.connect(_database_url(_settings()), purpose="chatsvc-cli") as conn:
+    from chatsvc.engine import db, migrations  # noqa: PLC0415
+
+    url = _database_url(_settings())
+    try:
+        conn = db.connect(url, purpose="chatsvc-cli")
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise click.ClickException(f"cannot connect to {_where(url)}: {reason}") from None
+    with conn:
+        missing = migrations.pending(conn)
+        if missing:
+            conn.rollback()
+            raise click.ClickException(
+                f"the database {_where(url)} lacks chatsvc's migrations {', '.join(missing)}; "
+                "run `chatsvc db upgrade` (or `chatsvc serve`) first"
+            )
         yield conn
 
 
@@ -84,6 +128,10 @@ def serve(host: str, port: int, workers: int, skip_model_check: bool) -> None:
 
     settings = _settings()
     _tools(settings)  # a bad tools file stops here, before anything starts
+    try:
+        server.check_address(host, port)
+    except server.PortInUse as exc:
+        raise click.ClickException(str(exc)) from None
     # The built-in offline model alone needs no check. Like migrations, the check
     # runs in a child process (the master must not import litellm before it forks
     # the workers), while the database starts.
@@ -91,7 +139,7 @@ def serve(host: str, port: int, workers: int, skip_model_check: bool) -> None:
     if not skip_model_check and (settings.models or settings.model != OFFLINE_MODEL):
         check = subprocess.Popen([sys.executable, "-m", "chatsvc", "models", "--problems"])
     if settings.database_url is None:
-        os.environ["DATABASE_URL"] = start_embedded(settings.data_dir)
+        os.environ["DATABASE_URL"] = _database_url(settings, create=True)
     # Migrations run in a child process: the master must not import psycopg
     # before it forks the workers. The advisory lock in `db upgrade` makes
     # instances that start together apply them once.
@@ -146,7 +194,7 @@ def db_upgrade() -> None:
     """Apply pending migrations (safe to run from several processes at once)."""
     from chatsvc.engine import migrations  # noqa: PLC0415
 
-    applied = migrations.upgrade(_database_url(_settings()))
+    applied = migrations.upgrade(_database_url(_settings(), create=True))
     click.echo(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
@@ -168,7 +216,12 @@ def users() -> None:
 @click.argument("name")
 @click.option("--admin", is_flag=True, help="May see every stream.")
 @click.option("--token-limit", type=click.IntRange(0), default=None, help="Total tokens allowed.")
-def users_create(name: str, admin: bool, token_limit: int | None) -> None:
+@click.option(
+    "--exist-ok",
+    is_flag=True,
+    help="If the user exists, issue it another token instead (for scripts that are re-run).",
+)
+def users_create(name: str, admin: bool, token_limit: int | None, exist_ok: bool) -> None:
     """Create a user; prints a new API token as the last line."""
     import psycopg  # noqa: PLC0415
 
@@ -177,15 +230,24 @@ def users_create(name: str, admin: bool, token_limit: int | None) -> None:
     with _connection() as conn:
         try:
             user = user_rows.create_user(conn, name, admin=admin, token_limit=token_limit)
+            said = f"created user {user.name} ({user.id})"
         except psycopg.errors.UniqueViolation:
-            raise click.ClickException(f"a user named {name!r} already exists") from None
+            conn.rollback()
+            existing = user_rows.user_by_name(conn, name) if exist_ok else None
+            if existing is None:
+                raise click.ClickException(
+                    f"a user named {name!r} already exists: `chatsvc tokens create {name}` "
+                    "issues it another token (or add --exist-ok)"
+                ) from None
+            user = existing
+            said = f"user {user.name} ({user.id}) exists, unchanged; a new token for it"
         except psycopg.errors.CheckViolation:
             raise click.ClickException(
                 "a user name is 1-64 letters, digits, '_', '.', '@' or '-'"
             ) from None
         token = user_rows.create_token(conn, user.id)
         conn.commit()
-    click.echo(f"created user {user.name} ({user.id})")
+    click.echo(said)
     click.echo(token)
 
 

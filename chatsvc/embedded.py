@@ -9,6 +9,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def embedded_exists(data_dir: Path) -> bool:
+    """Whether data_dir holds an embedded Postgres (one that start_embedded would reuse)."""
+    return (data_dir / "pg" / "PG_VERSION").is_file()
+
+
 def start_embedded(data_dir: Path, *, stop_at_exit: bool = True) -> str:
     """Start (or reuse) the embedded Postgres 18 in data_dir/pg and return its URL."""
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset

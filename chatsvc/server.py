@@ -7,8 +7,10 @@ its blocking wait function at import unless gevent has patched first.
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -56,6 +58,8 @@ class Worker(GeventWorker):  # type: ignore[misc]
     same before exiting.
     """
 
+    _quitting = False
+
     def load_wsgi(self) -> None:
         super().load_wsgi()
         # The app loads litellm: some 400,000 long-lived objects that every full
@@ -69,6 +73,13 @@ class Worker(GeventWorker):  # type: ignore[misc]
         gevent.spawn(self._hand_over)  # not inside the signal handler
 
     def handle_quit(self, sig: int, frame: Any) -> None:
+        # Ctrl-C reaches a worker twice: SIGINT from the terminal, then SIGQUIT from
+        # the master. gunicorn exits (SystemExit in a spawned greenlet) once per
+        # signal, and the second SystemExit lands in whatever runs at exit, such as
+        # litellm's atexit hook, printing a traceback that reads like a crash.
+        if self._quitting:
+            return
+        self._quitting = True
         gevent.spawn(self._hand_over_then, super().handle_quit, sig, frame)
 
     def _hand_over_then(self, then: Any, *args: Any) -> None:
@@ -100,6 +111,32 @@ class Server(BaseApplication):  # type: ignore[misc]
         from chatsvc.wsgi import app  # noqa: PLC0415 - must happen in the worker
 
         return app
+
+
+class PortInUse(Exception):
+    """The address to serve on is taken (or cannot be used), in one line."""
+
+
+def check_address(host: str, port: int) -> None:
+    """Raise PortInUse unless gunicorn will be able to listen on host:port.
+
+    gunicorn would retry for five seconds, logging two lines a second, and end
+    with "Can't connect"; checking first gives one line saying what to do.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise PortInUse(f"cannot serve on {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As gunicorn does: a port whose last connections are in TIME_WAIT is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(f"port {port} is in use on {host}; try --port") from None
+            raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def serve(host: str, port: int, workers: int) -> None:

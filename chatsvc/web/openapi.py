@@ -408,8 +408,12 @@ def _page() -> dict[str, Any]:
                 "name": "conversation_id",
                 "in": "path",
                 "required": True,
-                "description": "The conversation to show.",
-                "schema": {"type": "string", "format": "uuid"},
+                "description": (
+                    "The conversation to show. Any value is accepted before signing in (the "
+                    "page asks for a token first); once signed in, one that is not a visible "
+                    "conversation's id is the 404 page."
+                ),
+                "schema": {"type": "string"},
             }
         ],
         "responses": {

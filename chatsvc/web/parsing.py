@@ -42,10 +42,23 @@ def _storable(value: str) -> str:
     return value
 
 
+# What _storable enforces, said in the description (the validator keeps its own message).
+NO_NUL: dict[str, Any] = {"pattern": "^[^\\x00]*$"}
+
 # Strings of bounded length (in code points), storable in Postgres.
-Name = Annotated[StrictStr, Field(min_length=1, max_length=64), AfterValidator(_storable)]
-Text = Annotated[StrictStr, Field(min_length=1, max_length=200), AfterValidator(_storable)]
-Title = Annotated[StrictStr, Field(max_length=200), AfterValidator(_storable)]
+Name = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=64, json_schema_extra=NO_NUL),
+    AfterValidator(_storable),
+]
+Text = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=200, json_schema_extra=NO_NUL),
+    AfterValidator(_storable),
+]
+Title = Annotated[
+    StrictStr, Field(max_length=200, json_schema_extra=NO_NUL), AfterValidator(_storable)
+]
 
 
 def _within_message_limit(value: str, info: ValidationInfo) -> str:
@@ -67,7 +80,7 @@ MessageContent = Annotated[
             f"1 to CHATSVC_MAX_MESSAGE_CHARS (default {Settings.max_message_chars}) characters; "
             "longer is 413. No NUL characters."
         ),
-        json_schema_extra={"maxLength": Settings.max_message_chars},
+        json_schema_extra={"maxLength": Settings.max_message_chars, **NO_NUL},
     ),
     AfterValidator(_within_message_limit),
     AfterValidator(_storable),
