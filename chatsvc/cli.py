@@ -18,11 +18,14 @@ from uuid import UUID
 
 import click
 
+from chatsvc import logs
 from chatsvc.config import ConfigError, Settings
 from chatsvc.embedded import start_embedded
 
 if TYPE_CHECKING:
     from psycopg import Connection
+
+log = logging.getLogger("chatsvc")
 
 
 def _settings() -> Settings:
@@ -56,10 +59,11 @@ def _connection() -> Iterator[Connection[Any]]:
 @click.group()
 def main() -> None:
     """chatsvc: durable, resumable LLM answer streams on Postgres."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("yoyo").setLevel(logging.WARNING)
+    try:
+        log_format = Settings.from_env().log_format
+    except ConfigError:
+        log_format = "text"  # the command itself reports the bad value
+    logs.configure(log_format)
 
 
 @main.command()
@@ -76,9 +80,20 @@ def serve(host: str, port: int, workers: int) -> None:
         os.environ["DATABASE_URL"] = start_embedded(settings.data_dir)
     # Migrations run in a child process: the master must not import psycopg
     # before it forks the workers. The advisory lock in `db upgrade` makes
-    # instances that start together apply them once.
-    subprocess.run([sys.executable, "-m", "chatsvc", "db", "upgrade"], check=True)
-    server.serve(host, port, workers)
+    # instances that start together apply them once. Its report becomes a log line.
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "chatsvc", "db", "upgrade"],
+        check=False,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    if upgrade.returncode != 0:
+        log.error("applying migrations failed (exit status %d)", upgrade.returncode)
+        raise SystemExit(1)
+    log.info("migrations: %s", upgrade.stdout.strip())
+    server.serve(
+        host, port, workers, log_format=settings.log_format, metrics_dir=settings.metrics_dir
+    )
 
 
 @main.command("tools")

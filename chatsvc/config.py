@@ -10,6 +10,7 @@ from typing import Any
 
 OFFLINE_MODEL = "chatsvc/offline"
 ORPHAN_POLICIES = ("resume", "interrupt")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,10 @@ class Settings:
     offline_delay_s: float = 0.03
     tools_file: Path | None = None
     max_steps: int = 8
+    log_format: str = "text"
+    # Where the workers of one instance keep their metrics (prometheus-client
+    # reads the same variable itself); `chatsvc serve` makes one when unset.
+    metrics_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -71,6 +76,8 @@ class Settings:
             raise ConfigError("CHATSVC_MAX_MESSAGE_CHARS must be at least 1")
         if self.max_steps < 1:
             raise ConfigError("CHATSVC_MAX_STEPS must be at least 1")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"CHATSVC_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         if self.pool_size < 2:
             raise ConfigError("CHATSVC_POOL_SIZE must be at least 2")
         return self
@@ -117,4 +124,6 @@ _VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("CHATSVC_OFFLINE_DELAY_S", "offline_delay_s", float),
     ("CHATSVC_TOOLS_FILE", "tools_file", Path),
     ("CHATSVC_MAX_STEPS", "max_steps", _positive_int),
+    ("CHATSVC_LOG_FORMAT", "log_format", str),
+    ("PROMETHEUS_MULTIPROC_DIR", "metrics_dir", Path),
 )
