@@ -273,7 +273,7 @@ class Checkpointer(Background):
                 self._drop(stream)
                 self.stats.finished += 1
                 stream.move(State.ENDED)
-                _count_ending(stream, committed)
+                _ended(stream, committed)
         self.publish(done.deltas + more)
         for message_id in done.cancels:
             self.request_cancel(message_id)
@@ -334,7 +334,7 @@ class Checkpointer(Background):
                 self._drop(stream)
                 stream.taken(take)
                 stream.move(State.ENDED)
-                _count_ending(stream, time.monotonic())
+                _ended(stream, time.monotonic())
             elif row.status != "streaming":
                 self._lose(stream)  # not ours to end: written by hand, no longer ours to write
             elif (row.content_length, row.reasoning_length, row.tool_version) == (
@@ -377,8 +377,17 @@ def _count_take(stream: Stream, take: Take, committed: float) -> None:
                 metrics.TOKENS.labels(kind).inc(tokens)
 
 
-def _count_ending(stream: Stream, at: float) -> None:
-    """An answer's ending just committed."""
+def _ended(stream: Stream, at: float) -> None:
+    """An answer's ending just committed: count it, and say so."""
     status = stream.ending.status if stream.ending is not None else "unknown"
+    seconds = at - stream.began_at
     metrics.ANSWERS.labels(status).inc()
-    metrics.ANSWER_SECONDS.labels(status).observe(at - stream.began_at)
+    metrics.ANSWER_SECONDS.labels(status).observe(seconds)
+    log.info(
+        "answer %s %s: %d chars in %.1f s",
+        stream.message_id,
+        status,
+        stream.committed,
+        seconds,
+        extra={"message_id": str(stream.message_id)},
+    )

@@ -13,6 +13,7 @@ def test_an_empty_environment_gives_the_documented_defaults() -> None:
     assert (settings.checkpoint_ms, settings.checkpoint_min_ms) == (100, 0)
     assert (settings.lease_s, settings.orphan_policy, settings.max_resumes) == (10.0, "resume", 3)
     assert (settings.heartbeat_s, settings.max_message_chars) == (15.0, 32_000)
+    assert (settings.log_format, settings.metrics_dir) == ("text", None)
 
 
 def test_values_are_parsed_and_empty_ones_ignored() -> None:
@@ -39,6 +40,7 @@ def test_values_are_parsed_and_empty_ones_ignored() -> None:
         ({"CHATSVC_CHECKPOINT_MS": "0"}, "CHATSVC_CHECKPOINT_MS must be at least 1"),
         ({"CHATSVC_LEASE_S": "0.2"}, "CHATSVC_LEASE_S must be at least three"),
         ({"CHATSVC_ORPHAN_POLICY": "retry"}, "CHATSVC_ORPHAN_POLICY must be one of"),
+        ({"CHATSVC_LOG_FORMAT": "xml"}, "CHATSVC_LOG_FORMAT must be one of text, json"),
     ],
 )
 def test_an_impossible_value_is_refused_by_name(env: dict[str, str], named: str) -> None:
