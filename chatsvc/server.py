@@ -108,6 +108,16 @@ class Worker(GeventWorker):  # type: ignore[misc]
         # ~200 ms at a time. Freezing moves them out of the collector's sight.
         gc.collect()
         gc.freeze()
+        # gevent prints a greenlet's unhandled exception to stderr itself; as a
+        # log line it is in CHATSVC_LOG_FORMAT like every other line.
+        gevent.get_hub().print_exception = _log_greenlet_error
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's own error response (a request it could not parse), with a request id
+        on the response and on the lines gunicorn logs about it."""
+        rid = logs.request_id(None)
+        logs.REQUEST_ID.set(rid)
+        super().handle_error(req, _WithRequestId(client, rid), addr, exc)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
@@ -128,6 +138,25 @@ class Worker(GeventWorker):  # type: ignore[misc]
             runtime.shutdown()
         except Exception:
             log.exception("hand-over on shutdown failed; leases will expire instead")
+
+
+class _WithRequestId:
+    """A client socket whose error response, written in one piece, gets an X-Request-ID."""
+
+    def __init__(self, sock: Any, rid: str) -> None:
+        self._sock = sock
+        self._header = f"X-Request-ID: {rid}\r\n".encode()
+
+    def sendall(self, data: bytes) -> None:
+        status, crlf, rest = data.partition(b"\r\n")
+        self._sock.sendall(status + crlf + self._header + rest)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _log_greenlet_error(context: Any, kind: Any, value: Any, tb: Any) -> None:
+    log.error("%s failed", context, exc_info=(kind, value, tb))
 
 
 class Server(BaseApplication):  # type: ignore[misc]
