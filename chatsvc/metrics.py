@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
+    CONTENT_TYPE_PLAIN_0_0_4,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -133,8 +133,8 @@ def exposition(multiprocess_dir: Path | None) -> tuple[bytes, str]:
     """The metrics in Prometheus text format and its content type: every worker's, summed,
     when they share a multiprocess directory, else this process's."""
     if multiprocess_dir is None:
-        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return generate_latest(REGISTRY), CONTENT_TYPE_PLAIN_0_0_4
     registry = CollectorRegistry()
     path = str(multiprocess_dir)
     _multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4

@@ -25,7 +25,7 @@ from gevent.lock import Semaphore
 from simple_websocket import ConnectionClosed
 from wsproto.events import AcceptConnection
 
-from chatsvc import jsonio
+from chatsvc import jsonio, logs
 from chatsvc.engine import commands, conversations, projects, users
 from chatsvc.engine import messages as message_rows
 from chatsvc.engine.followers import (
@@ -152,6 +152,7 @@ class Connection:
         self.follows: dict[tuple[str, UUID], gevent.Greenlet] = {}
         self.sent_answers: set[UUID] = set()
         self.tokens_used = 0
+        self.request_id = logs.REQUEST_ID.get()  # of the upgrade, for its followers' lines
         # `on_<type>` handles a frame validated as CLIENT_FRAMES[type].
         self.handlers: dict[str, Callable[[Any], None]] = {
             kind: getattr(self, f"on_{kind}") for kind in CLIENT_FRAMES
@@ -286,6 +287,7 @@ class Connection:
         self.follows[key] = gevent.spawn(self._forward, key, follower, first)
 
     def _forward(self, key: tuple[str, UUID], follower: Follower, first: list[Out]) -> None:
+        logs.REQUEST_ID.set(self.request_id)
         try:
             for out in follower.events(first):
                 if out is not None:  # heartbeats: the socket pings by itself
