@@ -114,6 +114,8 @@ DELIVERY_SECONDS = Histogram(
     ["transport"],
     buckets=FAST,
 )
+# Observed for every event written to a client: its children are looked up once.
+DELIVERY = {transport: DELIVERY_SECONDS.labels(transport) for transport in ("sse", "websocket")}
 SUBSCRIBER_OVERFLOWS = Counter(
     "chatsvc_subscriber_overflows", "Followers that fell behind and re-read from the database."
 )

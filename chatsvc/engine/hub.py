@@ -92,7 +92,7 @@ class Subscriber:
     def delivered(self, transport: str) -> None:
         """What `get` returned last was written to the client's socket: its delivery lag."""
         if self.received_at is not None:
-            metrics.DELIVERY_SECONDS.labels(transport).observe(time.monotonic() - self.received_at)
+            metrics.DELIVERY[transport].observe(time.monotonic() - self.received_at)
 
     def _drain(self) -> None:
         for _ in self.pending():
