@@ -151,6 +151,14 @@ def test_metrics_sum_every_worker_and_every_log_line_is_json(
         status, headers = _raw(instance.base, b"NOT A REQUEST\r\n\r\n")
         assert status.startswith("HTTP/1.1 400")
         refused = headers["x-request-id"]
+        # So does the WebSocket upgrade, whose 101 simple-websocket writes under gunicorn.
+        status, headers = _raw(
+            instance.base,
+            b"GET /api/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"X-Request-ID: e2e-ws\r\n\r\n",
+        )
+        assert status.startswith("HTTP/1.1 101") and headers["x-request-id"] == "e2e-ws"
 
     records = _lines(instance)  # after the stop: the master's last lines too
     master = {r["process"] for r in records if r["message"].startswith("Starting gunicorn")}
