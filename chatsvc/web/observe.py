@@ -28,12 +28,6 @@ def init_app(app: Flask) -> None:
     app.after_request(_end)
 
 
-def current_request_id() -> str:
-    """The id of the request being handled."""
-    rid: str = g.request_id
-    return rid
-
-
 def _begin() -> None:
     rid = logs.request_id(request.headers.get(HEADER))
     g.request_id = rid
