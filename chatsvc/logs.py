@@ -15,7 +15,9 @@ import logging
 import logging.config
 import re
 import secrets
+import sys
 from contextvars import ContextVar
+from types import TracebackType
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
@@ -122,6 +124,14 @@ def config(log_format: str) -> dict[str, Any]:
 
 
 def configure(log_format: str) -> None:
-    """Set up this process's logging (a process gunicorn does not configure)."""
+    """Set up this process's logging (a process gunicorn does not configure yet): its
+    warnings and an uncaught exception become log lines too."""
     logging.config.dictConfig(config(log_format))
     logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(
+    kind: type[BaseException], value: BaseException, tb: TracebackType | None
+) -> None:
+    logging.getLogger("chatsvc").critical("uncaught %s", kind.__name__, exc_info=(kind, value, tb))
