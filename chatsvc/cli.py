@@ -18,6 +18,7 @@ from uuid import UUID
 
 import click
 
+from chatsvc import logs
 from chatsvc.config import OFFLINE_MODEL, ConfigError, Settings
 from chatsvc.embedded import embedded_exists, start_embedded
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from psycopg import Connection
 
 T = TypeVar("T")
+log = logging.getLogger("chatsvc")
 
 
 def _settings() -> Settings:
@@ -102,10 +104,11 @@ def _connection() -> Iterator[Connection[Any]]:
 @click.group()
 def main() -> None:
     """chatsvc: durable, resumable LLM answer streams on Postgres."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("yoyo").setLevel(logging.WARNING)
+    try:
+        log_format = Settings.from_env().log_format
+    except ConfigError:
+        log_format = "text"  # the command itself reports the bad value
+    logs.configure(log_format)
 
 
 @main.command()
@@ -142,14 +145,25 @@ def serve(host: str, port: int, workers: int, skip_model_check: bool) -> None:
         os.environ["DATABASE_URL"] = _database_url(settings, create=True)
     # Migrations run in a child process: the master must not import psycopg
     # before it forks the workers. The advisory lock in `db upgrade` makes
-    # instances that start together apply them once.
-    subprocess.run([sys.executable, "-m", "chatsvc", "db", "upgrade"], check=True)
+    # instances that start together apply them once. Its report becomes a log line.
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "chatsvc", "db", "upgrade"],
+        check=False,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    if upgrade.returncode != 0:
+        log.error("applying migrations failed (exit status %d)", upgrade.returncode)
+        raise SystemExit(1)
+    log.info("migrations: %s", upgrade.stdout.strip())
     if check is not None and check.wait() != 0:
         raise click.ClickException(
             "not starting: the default model cannot be called (see above); "
             "or start with --skip-model-check"
         )
-    server.serve(host, port, workers)
+    server.serve(
+        host, port, workers, log_format=settings.log_format, metrics_dir=settings.metrics_dir
+    )
 
 
 @main.command("models")

@@ -10,6 +10,7 @@ from typing import Any
 
 OFFLINE_MODEL = "chatsvc/offline"
 ORPHAN_POLICIES = ("resume", "interrupt")
+LOG_FORMATS = ("text", "json")
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,10 @@ class Settings:
     tools_file: Path | None = None
     max_steps: int = 8
     max_active_per_user: int = 4
+    log_format: str = "text"
+    # Where the workers of one instance keep their metrics (prometheus-client
+    # reads the same variable itself); `chatsvc serve` makes one when unset.
+    metrics_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -58,32 +63,43 @@ class Settings:
 
     def validated(self) -> Settings:
         """Return self, or raise ConfigError naming the first impossible value."""
-        if self.checkpoint_ms < 1:
-            raise ConfigError("CHATSVC_CHECKPOINT_MS must be at least 1")
-        if self.checkpoint_min_ms > self.checkpoint_ms:
-            raise ConfigError("CHATSVC_CHECKPOINT_MIN_MS must not exceed CHATSVC_CHECKPOINT_MS")
-        if self.lease_s * 1000 < 3 * self.checkpoint_ms:
-            raise ConfigError("CHATSVC_LEASE_S must be at least three checkpoint intervals")
-        if self.orphan_policy not in ORPHAN_POLICIES:
-            raise ConfigError(f"CHATSVC_ORPHAN_POLICY must be one of {', '.join(ORPHAN_POLICIES)}")
-        if self.max_resumes < 0:
-            raise ConfigError("CHATSVC_MAX_RESUMES must not be negative")
-        if self.heartbeat_s <= 0:
-            raise ConfigError("CHATSVC_HEARTBEAT_S must be positive")
-        if self.max_message_chars < 1:
-            raise ConfigError("CHATSVC_MAX_MESSAGE_CHARS must be at least 1")
-        if self.max_steps < 1:
-            raise ConfigError("CHATSVC_MAX_STEPS must be at least 1")
-        if self.models and self.model not in self.models:
-            raise ConfigError(
-                f"CHATSVC_MODEL={self.model!r} is not in CHATSVC_MODELS: list the default model"
-                " there too, or set CHATSVC_MODEL to one of them"
-            )
-        if self.max_active_per_user < 1:
-            raise ConfigError("CHATSVC_MAX_ACTIVE_PER_USER must be at least 1")
-        if self.pool_size < 2:
-            raise ConfigError("CHATSVC_POOL_SIZE must be at least 2")
+        for wrong, why in self._checks():
+            if wrong:
+                raise ConfigError(why)
         return self
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        """(whether a value is impossible, what to say), in the order they are reported."""
+        return [
+            (self.checkpoint_ms < 1, "CHATSVC_CHECKPOINT_MS must be at least 1"),
+            (
+                self.checkpoint_min_ms > self.checkpoint_ms,
+                "CHATSVC_CHECKPOINT_MIN_MS must not exceed CHATSVC_CHECKPOINT_MS",
+            ),
+            (
+                self.lease_s * 1000 < 3 * self.checkpoint_ms,
+                "CHATSVC_LEASE_S must be at least three checkpoint intervals",
+            ),
+            (
+                self.orphan_policy not in ORPHAN_POLICIES,
+                f"CHATSVC_ORPHAN_POLICY must be one of {', '.join(ORPHAN_POLICIES)}",
+            ),
+            (self.max_resumes < 0, "CHATSVC_MAX_RESUMES must not be negative"),
+            (self.heartbeat_s <= 0, "CHATSVC_HEARTBEAT_S must be positive"),
+            (self.max_message_chars < 1, "CHATSVC_MAX_MESSAGE_CHARS must be at least 1"),
+            (self.max_steps < 1, "CHATSVC_MAX_STEPS must be at least 1"),
+            (
+                bool(self.models) and self.model not in self.models,
+                f"CHATSVC_MODEL={self.model!r} is not in CHATSVC_MODELS: list the default model"
+                " there too, or set CHATSVC_MODEL to one of them",
+            ),
+            (self.max_active_per_user < 1, "CHATSVC_MAX_ACTIVE_PER_USER must be at least 1"),
+            (
+                self.log_format not in LOG_FORMATS,
+                f"CHATSVC_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}",
+            ),
+            (self.pool_size < 2, "CHATSVC_POOL_SIZE must be at least 2"),
+        ]
 
     def with_(self, **changes: Any) -> Settings:
         """A copy with some values changed (tests and the CLI use it)."""
@@ -137,4 +153,6 @@ _VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("CHATSVC_TOOLS_FILE", "tools_file", Path),
     ("CHATSVC_MAX_STEPS", "max_steps", _positive_int),
     ("CHATSVC_MAX_ACTIVE_PER_USER", "max_active_per_user", _positive_int),
+    ("CHATSVC_LOG_FORMAT", "log_format", str),
+    ("PROMETHEUS_MULTIPROC_DIR", "metrics_dir", Path),
 )

@@ -10,22 +10,34 @@ from __future__ import annotations
 import errno
 import gc
 import logging
+import os
+import shutil
 import socket
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import gevent
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 from gunicorn.workers.ggevent import GeventWorker
 
+from chatsvc import logs
+
 log = logging.getLogger(__name__)
+
+# The environment variable prometheus-client reads in every process of an instance.
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 # Each open SSE stream is one greenlet and one socket; gunicorn's default of
 # 1000 connections per worker would cap the streams a worker can hold.
 WORKER_CONNECTIONS = 10_000
 
 
-def gunicorn_options(host: str, port: int, workers: int, **overrides: Any) -> dict[str, Any]:
+def gunicorn_options(
+    host: str, port: int, workers: int, *, log_format: str = "text", **overrides: Any
+) -> dict[str, Any]:
     """The gunicorn settings chatsvc runs with."""
     options: dict[str, Any] = {
         "bind": f"{host}:{port}",
@@ -36,7 +48,10 @@ def gunicorn_options(host: str, port: int, workers: int, **overrides: Any) -> di
         "timeout": 30,
         "graceful_timeout": 20,
         "keepalive": 5,
-        "accesslog": None,
+        # Every line of the master and the workers goes through chatsvc's logging
+        # (chatsvc/logs.py), gunicorn's own included; access lines carry the request id.
+        "logconfig_dict": logs.config(log_format),
+        "logger_class": "chatsvc.server.AccessLogger",
         "errorlog": "-",
         "loglevel": "info",
         "proc_name": "chatsvc",
@@ -46,6 +61,36 @@ def gunicorn_options(host: str, port: int, workers: int, **overrides: Any) -> di
     }
     options.update(overrides)
     return options
+
+
+class AccessLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, writing one access line per request with its `request_id`."""
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        """`GET /path 200 1.2 ms`, with the request id, method, path, status and duration."""
+        if not self.access_log_enabled:
+            return
+        request_id = next(
+            (value for name, value in resp.headers if name.lower() == "x-request-id"), None
+        )
+        status = str(resp.status).split(None, 1)[0]
+        ms = request_time.total_seconds() * 1000
+        method, path = environ.get("REQUEST_METHOD", "-"), environ.get("RAW_URI", "-")
+        self.access_log.info(
+            "%s %s %s %.1f ms",
+            method,
+            path,
+            status,
+            ms,
+            extra={
+                "request_id": request_id,
+                "method": method,
+                "path": path,
+                "status": int(status) if status.isdigit() else status,
+                "duration_ms": round(ms, 3),
+                "remote_addr": environ.get("REMOTE_ADDR"),
+            },
+        )
 
 
 class Worker(GeventWorker):  # type: ignore[misc]
@@ -67,6 +112,16 @@ class Worker(GeventWorker):  # type: ignore[misc]
         # ~200 ms at a time. Freezing moves them out of the collector's sight.
         gc.collect()
         gc.freeze()
+        # gevent prints a greenlet's unhandled exception to stderr itself; as a
+        # log line it is in CHATSVC_LOG_FORMAT like every other line.
+        gevent.get_hub().print_exception = _log_greenlet_error
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """gunicorn's own error response (a request it could not parse), with a request id
+        on the response and on the lines gunicorn logs about it."""
+        rid = logs.request_id(None)
+        logs.REQUEST_ID.set(rid)
+        super().handle_error(req, _WithRequestId(client, rid), addr, exc)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
@@ -94,6 +149,25 @@ class Worker(GeventWorker):  # type: ignore[misc]
             runtime.shutdown()
         except Exception:
             log.exception("hand-over on shutdown failed; leases will expire instead")
+
+
+class _WithRequestId:
+    """A client socket whose error response, written in one piece, gets an X-Request-ID."""
+
+    def __init__(self, sock: Any, rid: str) -> None:
+        self._sock = sock
+        self._header = f"X-Request-ID: {rid}\r\n".encode()
+
+    def sendall(self, data: bytes) -> None:
+        status, crlf, rest = data.partition(b"\r\n")
+        self._sock.sendall(status + crlf + self._header + rest)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _log_greenlet_error(context: Any, kind: Any, value: Any, tb: Any) -> None:
+    log.error("%s failed", context, exc_info=(kind, value, tb))
 
 
 class Server(BaseApplication):  # type: ignore[misc]
@@ -139,8 +213,39 @@ def check_address(host: str, port: int) -> None:
             raise PortInUse(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def serve(host: str, port: int, workers: int) -> None:
+def metrics_directory(configured: Path | None) -> tuple[Path, bool]:
+    """The instance's metrics directory, emptied (or made): the configured one, else a new
+    temporary one; and whether it was made here (and is to be removed at exit)."""
+    if configured is None:
+        return Path(tempfile.mkdtemp(prefix="chatsvc-metrics-")), True
+    configured.mkdir(parents=True, exist_ok=True)
+    # What an earlier run left would be added to this run's counters.
+    for stale in configured.glob("*.db"):
+        stale.unlink()
+    return configured, False
+
+
+def serve(host: str, port: int, workers: int, *, log_format: str, metrics_dir: Path | None) -> None:
     """Run gunicorn in this process until it is stopped."""
     if "psycopg" in sys.modules:
         raise RuntimeError("the gunicorn master must not import psycopg before forking workers")
-    Server(gunicorn_options(host, port, workers)).run()
+    if "prometheus_client" in sys.modules:
+        # It reads the directory once, at import: the workers it is forked into
+        # would each keep their metrics to themselves.
+        raise RuntimeError("the gunicorn master must not import prometheus_client before serve")
+    directory, made = metrics_directory(metrics_dir)
+    os.environ[METRICS_DIR_VARIABLE] = str(directory)
+    from prometheus_client import multiprocess  # noqa: PLC0415 - after the variable is set
+
+    def child_exit(_server: Any, worker: Any) -> None:
+        # A dead worker's gauges no longer count; its counters still do.
+        multiprocess.mark_process_dead(worker.pid, str(directory))  # type: ignore[no-untyped-call]
+
+    def on_exit(_server: Any) -> None:
+        if made:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    options = gunicorn_options(
+        host, port, workers, log_format=log_format, child_exit=child_exit, on_exit=on_exit
+    )
+    Server(options).run()

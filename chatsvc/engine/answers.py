@@ -17,6 +17,7 @@ from typing import Any
 
 import gevent
 
+from chatsvc import logs, metrics
 from chatsvc.config import OFFLINE_MODEL, Settings
 from chatsvc.engine import builtin_tools, history, ledger, llm, prompts, provider_errors
 from chatsvc.engine.checkpoint import Checkpointer
@@ -63,6 +64,9 @@ class Answerer:
 
     def start(self, stream: Stream, *, resumed: bool = False) -> Stream:
         """Begin (or, after a takeover, continue) generating an answer this process owns."""
+        if not resumed:
+            stream.sent_at = stream.began_at
+        metrics.ANSWERS_STARTED.labels("resumed" if resumed else "sent").inc()
         self.checkpointer.adopt(stream)
         stream.worker = gevent.spawn(self._run, stream, resumed)
         return stream
@@ -75,6 +79,7 @@ class Answerer:
         return self.registry
 
     def _run(self, stream: Stream, resumed: bool) -> None:
+        logs.MESSAGE_ID.set(str(stream.message_id))  # on every line this greenlet logs
         current: ModelCall | None = None
         steps: ToolSteps | None = None
         try:

@@ -35,6 +35,7 @@ import gevent.event
 import psycopg
 from psycopg import Connection
 
+from chatsvc import metrics
 from chatsvc.config import Settings
 from chatsvc.engine import db, events, ledger, writes
 from chatsvc.engine.background import Background
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Stats:
-    """Counters for /metrics and the benchmark."""
+    """This checkpointer's own counters (/metrics has the process's, chatsvc/metrics.py)."""
 
     transactions: int = 0
     checkpoints: int = 0
@@ -117,7 +118,14 @@ class Checkpointer(Background):
 
     def adopt(self, stream: Stream) -> None:
         """Start checkpointing a stream this process now owns."""
+        if stream.message_id not in self.streams:
+            metrics.STREAMS_OWNED.inc()
         self.streams[stream.message_id] = stream
+
+    def _drop(self, stream: Stream) -> None:
+        """Stop checkpointing a stream (it ended, was released or lost)."""
+        if self.streams.pop(stream.message_id, None) is not None:
+            metrics.STREAMS_OWNED.dec()
 
     def append(self, stream: Stream, text: str) -> None:
         """Queue text for the next checkpoint (no I/O: generators never wait on the database)."""
@@ -178,6 +186,7 @@ class Checkpointer(Background):
                 backoff = 0.05
             except psycopg.Error as exc:
                 self.stats.errors += 1
+                metrics.CHECKPOINT_ERRORS.inc()
                 log.warning("checkpoint failed (%s); retrying in %.2fs", exc, backoff)
                 self._drop_connection()
                 gevent.sleep(backoff)
@@ -185,6 +194,7 @@ class Checkpointer(Background):
                 self._wake.set()
             except Exception:
                 self.stats.errors += 1
+                metrics.CHECKPOINT_ERRORS.inc()
                 log.exception("checkpointer error")
                 gevent.sleep(backoff)
                 self._wake.set()
@@ -239,8 +249,12 @@ class Checkpointer(Background):
             done = writes.checkpoint(conn, streams, takes, self.settings.lease_s)
             released, finished, more = set(), set(), []
         self._uncertain = {}
+        committed = time.monotonic()
         self.stats.transactions += 1
-        self.stats.commit_seconds += time.monotonic() - started
+        self.stats.commit_seconds += committed - started
+        metrics.CHECKPOINT_TRANSACTIONS.inc()
+        metrics.CHECKPOINT_SECONDS.observe(committed - started)
+        checkpoints, chars = self.stats.checkpoints, self.stats.chars
         for stream in streams:
             if stream not in done.written or (stream in ending and stream not in finished):
                 self._lose(stream)
@@ -252,13 +266,18 @@ class Checkpointer(Background):
                 stream.checkpointed_at = started
                 self.stats.checkpoints += 1
             self.stats.chars += len(take.text) + len(take.reasoning)
+            _count_take(stream, take, committed)
             if stream in released:
-                self.streams.pop(stream.message_id, None)
+                self._drop(stream)
                 stream.move(State.RELEASED)
             elif stream in finished:
-                self.streams.pop(stream.message_id, None)
+                self._drop(stream)
                 self.stats.finished += 1
                 stream.move(State.ENDED)
+                _ended(stream, committed)
+        # Once per transaction, not per stream: each costs a write to the metrics file.
+        metrics.CHECKPOINTS.inc(self.stats.checkpoints - checkpoints)
+        metrics.CHECKPOINT_CHARS.inc(self.stats.chars - chars)
         self.publish(done.deltas + more)
         for message_id in done.cancels:
             self.request_cancel(message_id)
@@ -287,7 +306,7 @@ class Checkpointer(Background):
 
     def _lose(self, stream: Stream) -> None:
         """The database says we no longer own this stream: stop it, write nothing more."""
-        self.streams.pop(stream.message_id, None)
+        self._drop(stream)
         if stream.state in FINAL:
             return
         # An ending stream's greenlet waits in end(), which the move to LOST wakes.
@@ -295,8 +314,12 @@ class Checkpointer(Background):
         stream.move(State.LOST)
         stream.drop_pending(Fenced())
         self.stats.fenced += 1
+        metrics.STREAMS_FENCED.inc()
         log.warning(
-            "lost stream %s (epoch %d): stopping its answer", stream.message_id, stream.epoch
+            "lost stream %s (epoch %d): stopping its answer",
+            stream.message_id,
+            stream.epoch,
+            extra={"message_id": str(stream.message_id)},
         )
         if stop_worker and stream.worker is not None:
             stream.worker.kill(Fenced, block=False)
@@ -312,9 +335,10 @@ class Checkpointer(Background):
                 continue
             if row.status != "streaming" and stream.state is State.ENDING:
                 # The ending did commit (only we could end it at this epoch).
-                self.streams.pop(stream.message_id, None)
+                self._drop(stream)
                 stream.taken(take)
                 stream.move(State.ENDED)
+                _ended(stream, time.monotonic())
             elif row.status != "streaming":
                 self._lose(stream)  # not ours to end: written by hand, no longer ours to write
             elif (row.content_length, row.reasoning_length, row.tool_version) == (
@@ -330,5 +354,41 @@ class Checkpointer(Background):
                 stream.committed,
                 stream.committed_reasoning,
             ):
-                log.error("stream %s: committed lengths do not match", stream.message_id)
+                log.error(
+                    "stream %s: committed lengths do not match",
+                    stream.message_id,
+                    extra={"message_id": str(stream.message_id)},
+                )
                 self._lose(stream)
+
+
+def _count_take(stream: Stream, take: Take, committed: float) -> None:
+    """The metrics of what one commit wrote of a stream: its first text, its model calls."""
+    if take.text and stream.sent_at is not None:
+        # The first text of an answer a client just sent.
+        metrics.FIRST_TEXT_SECONDS.observe(committed - stream.sent_at)
+        stream.sent_at = None
+    for meter in take.meters:
+        metrics.MODEL_CALLS.inc()
+        if meter.estimated:
+            metrics.TOKENS_ESTIMATED.inc()
+        for kind in ("prompt", "completion"):
+            tokens = meter.usage.get(f"{kind}_tokens") or 0
+            if tokens:
+                metrics.TOKENS.labels(kind).inc(tokens)
+
+
+def _ended(stream: Stream, at: float) -> None:
+    """An answer's ending just committed: count it, and say so."""
+    status = stream.ending.status if stream.ending is not None else "unknown"
+    seconds = at - stream.began_at
+    metrics.ANSWERS.labels(status).inc()
+    metrics.ANSWER_SECONDS.labels(status).observe(seconds)
+    log.info(
+        "answer %s %s: %d chars in %.1f s",
+        stream.message_id,
+        status,
+        stream.committed,
+        seconds,
+        extra={"message_id": str(stream.message_id)},
+    )

@@ -2,17 +2,22 @@
 
 Subscribers have bounded queues: a slow one overflows and is told to resync
 from the database, so it can never stall the listener or the other subscribers.
+Each queued event carries the moment this process learnt of its commit (the
+checkpointer publishes right after its commit returns, the listener as soon as
+it reads the notification), from which the web layer observes its delivery lag.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from uuid import UUID
 
 from gevent.queue import Empty, Full, Queue
 
+from chatsvc import metrics
 from chatsvc.engine.events import (
     AccessRevoked,
     BranchChanged,
@@ -55,35 +60,47 @@ class Subscriber:
 
     hub: Hub
     keys: tuple[UUID, ...]
-    queue: Queue = field(repr=False)
+    queue: Queue = field(repr=False)  # of (item, when this process learnt of its commit)
     overflowed: bool = False
+    # When this process learnt of the commit of the event `get` returned last
+    # (None: that was no event, or there was none).
+    received_at: float | None = None
+    subscribed: bool = True
 
     def get(self, timeout: float) -> Item | None:
         """The next item, or None after `timeout` seconds of silence."""
+        self.received_at = None
         if self.overflowed:
             self.overflowed = False
             self._drain()
             return RESYNC
         try:
-            item: Item = self.queue.get(timeout=timeout)
+            item, self.received_at = self.queue.get(timeout=timeout)
         except Empty:
             return None
-        return item
+        return item  # type: ignore[no-any-return]
 
     def pending(self) -> Iterator[Item]:
         """Items already queued, without waiting."""
         while True:
             try:
-                yield self.queue.get_nowait()
+                yield self.queue.get_nowait()[0]
             except Empty:
                 return
 
-    def offer(self, item: Item) -> None:
+    def offer(self, item: Item, received_at: float | None = None) -> None:
         """Queue an item without ever blocking the publisher."""
         try:
-            self.queue.put_nowait(item)
+            self.queue.put_nowait((item, received_at))
         except Full:
+            if not self.overflowed:
+                metrics.SUBSCRIBER_OVERFLOWS.inc()
             self.overflowed = True
+
+    def delivered(self, transport: str) -> None:
+        """What `get` returned last was written to the client's socket: its delivery lag."""
+        if self.received_at is not None:
+            metrics.DELIVERY[transport].observe(time.monotonic() - self.received_at)
 
     def _drain(self) -> None:
         for _ in self.pending():
@@ -110,6 +127,7 @@ class Hub:
             sub.offer(CLOSING)
         for key in keys:
             self._routes.setdefault(key, set()).add(sub)
+        metrics.SUBSCRIBERS.inc()
         return sub
 
     def extend(self, sub: Subscriber, *keys: UUID) -> None:
@@ -120,6 +138,9 @@ class Hub:
 
     def unsubscribe(self, sub: Subscriber) -> None:
         """Stop routing to a subscriber (idempotent)."""
+        if sub.subscribed:
+            sub.subscribed = False
+            metrics.SUBSCRIBERS.dec()
         for key in sub.keys:
             subs = self._routes.get(key)
             if subs is not None:
@@ -138,6 +159,7 @@ class Hub:
 
     def publish(self, events: Iterable[Event]) -> None:
         """Deliver committed events; a failing handler never stops delivery to the rest."""
+        now = time.monotonic()
         for event in events:
             for handler in self._handlers:
                 try:
@@ -148,7 +170,7 @@ class Hub:
             item: Item = REVOKED if isinstance(event, AccessRevoked) else event
             for key in _route_keys(event):
                 for sub in tuple(self._routes.get(key, ())):
-                    sub.offer(item)
+                    sub.offer(item, now)
 
     def broadcast(self, item: Resync | Closing) -> None:
         """Send a sentinel to every subscriber."""

@@ -32,6 +32,7 @@ from psycopg import Connection
 from psycopg.rows import class_row
 from psycopg_pool import ConnectionPool
 
+from chatsvc import metrics
 from chatsvc.config import Settings
 from chatsvc.engine import events
 from chatsvc.engine.answers import Answerer
@@ -173,6 +174,7 @@ class Reaper(Background):
                 log.warning("orphan sweep failed: %s", exc)
             except Exception:
                 log.exception("orphan sweep failed")
+            metrics.POOL_CONNECTIONS.set(self.pool.get_stats().get("pool_size", 0))
             # Jitter keeps processes that started together from sweeping in step.
             self._wake.wait(timeout=self.interval * random.uniform(0.8, 1.2))
             self._wake.clear()
@@ -200,16 +202,22 @@ class Reaper(Background):
         for claim in claims:
             self.taken += 1
             stream = claim.stream(self.settings.model)
+            about = {"message_id": str(claim.id)}
             if claim in resumed:
+                metrics.TAKEOVERS.labels("resume").inc()
                 log.info(
                     "resuming %s at offset %d (epoch %d)",
                     claim.id,
                     claim.content_length,
                     claim.epoch,
+                    extra=about,
                 )
                 self.answerer.start(stream, resumed=True)
             else:
-                log.info("interrupting %s at offset %d", claim.id, claim.content_length)
+                metrics.TAKEOVERS.labels("interrupt").inc()
+                log.info(
+                    "interrupting %s at offset %d", claim.id, claim.content_length, extra=about
+                )
                 stream.move(State.ENDING, Ending("interrupted", error=self._why(claim)))
                 self.checkpointer.adopt(stream)
         return len(claims)

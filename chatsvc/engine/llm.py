@@ -29,7 +29,11 @@ from chatsvc.engine.prompts import CONTINUE_INSTRUCTION
 litellm.disable_streaming_logging = True
 litellm.suppress_debug_info = True
 litellm.telemetry = False
-logging.getLogger("LiteLLM").setLevel(logging.WARNING)
+# litellm gives its loggers a handler and format of its own: chatsvc's logging
+# (chatsvc/logs.py) writes every line, in CHATSVC_LOG_FORMAT.
+for _name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
+    logging.getLogger(_name).handlers.clear()
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,6 +136,10 @@ class Stream:
     meters: list[Meter] = field(default_factory=list)
     # Woken (True) by the commit that includes everything queued before them.
     waiters: list[gevent.event.AsyncResult] = field(default_factory=list)
+    # For the metrics: when this process began generating it (a send or a
+    # takeover), and, until its first text is committed, when it was sent.
+    began_at: float = field(default_factory=time.monotonic)
+    sent_at: float | None = None
 
     def __post_init__(self) -> None:
         if self.layout.entries is None and not self.layout.content_length:

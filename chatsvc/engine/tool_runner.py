@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import gevent
 import httpx
 
+from chatsvc import metrics
 from chatsvc.engine.tools import HttpTool, RegisteredPythonTool, Tool, ToolCall, declaration_of
 
 log = logging.getLogger(__name__)
@@ -31,18 +33,35 @@ class Outcome:
     ok: bool
     output: Any = None
     error: str | None = None
+    timed_out: bool = False
+
+    @property
+    def label(self) -> str:
+        """The outcome as chatsvc_tool_calls_total counts it."""
+        if self.timed_out:
+            return "timeout"
+        return "succeeded" if self.ok else "failed"
 
 
 def run(tool: Tool, call: ToolCall) -> Outcome:
     """Send the call and wait at most the tool's timeout for its outcome."""
     timeout_s = declaration_of(tool).timeout_s
+    started = time.monotonic()
     try:
         with gevent.Timeout(timeout_s):
             if isinstance(tool, HttpTool):
-                return _post(tool, call, timeout_s)
-            return _run_python(tool, call)
+                outcome = _post(tool, call, timeout_s)
+            else:
+                outcome = _run_python(tool, call)
     except gevent.Timeout:
-        return Outcome(False, error=f"The tool did not answer within {timeout_s:g} s.")
+        outcome = _timed_out(timeout_s)
+    metrics.TOOL_SECONDS.labels(call.name).observe(time.monotonic() - started)
+    metrics.TOOL_CALLS.labels(call.name, outcome.label).inc()
+    return outcome
+
+
+def _timed_out(timeout_s: float) -> Outcome:
+    return Outcome(False, error=f"The tool did not answer within {timeout_s:g} s.", timed_out=True)
 
 
 def _run_python(tool: RegisteredPythonTool, call: ToolCall) -> Outcome:
@@ -59,7 +78,7 @@ def _post(tool: HttpTool, call: ToolCall, timeout_s: float) -> Outcome:
     try:
         response = httpx.post(tool.url, content=body, headers=headers, timeout=timeout_s)
     except httpx.TimeoutException:
-        return Outcome(False, error=f"The tool did not answer within {timeout_s:g} s.")
+        return _timed_out(timeout_s)
     except httpx.HTTPError as exc:
         return Outcome(False, error=f"The tool could not be reached: {exc or type(exc).__name__}.")
     if not response.is_success:

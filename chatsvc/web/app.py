@@ -20,7 +20,7 @@ from chatsvc.errors import (
     TooLarge,
     Unavailable,
 )
-from chatsvc.web import api, health, pages, ws
+from chatsvc.web import api, health, observe, pages, ws
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["chatsvc"] = Runtime(settings, url)
     register_error_handlers(app)
+    observe.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(pages.bp)

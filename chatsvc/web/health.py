@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from chatsvc import metrics as chatsvc_metrics
 from chatsvc.engine import migrations
 from chatsvc.errors import Unavailable
 from chatsvc.web import openapi
@@ -39,57 +40,9 @@ def readyz() -> Health:
 
 @route(bp, "GET", "/metrics", media_type="text/plain", auth="none")
 def metrics() -> Response:
-    """Prometheus text format, for this process."""
-    rt = runtime()
-    stats = rt.checkpointer.stats
-    pool = rt.pool.get_stats()
-    lines = [
-        (
-            "chatsvc_streams_owned",
-            "gauge",
-            "Answers this process is generating.",
-            len(rt.checkpointer.streams),
-        ),
-        (
-            "chatsvc_subscribers",
-            "gauge",
-            "Open SSE/WebSocket followers in this process.",
-            rt.hub.subscriber_count,
-        ),
-        (
-            "chatsvc_checkpoint_transactions_total",
-            "counter",
-            "Checkpoint transactions committed.",
-            stats.transactions,
-        ),
-        (
-            "chatsvc_checkpoints_total",
-            "counter",
-            "Stream checkpoints with new text.",
-            stats.checkpoints,
-        ),
-        ("chatsvc_checkpoint_chars_total", "counter", "Characters committed.", stats.chars),
-        (
-            "chatsvc_checkpoint_seconds_total",
-            "counter",
-            "Time spent committing.",
-            round(stats.commit_seconds, 6),
-        ),
-        (
-            "chatsvc_answers_finished_total",
-            "counter",
-            "Answers ended by this process.",
-            stats.finished,
-        ),
-        ("chatsvc_streams_fenced_total", "counter", "Streams lost to another owner.", stats.fenced),
-        ("chatsvc_checkpoint_errors_total", "counter", "Failed checkpoint attempts.", stats.errors),
-        ("chatsvc_pool_connections", "gauge", "Open pooled connections.", pool.get("pool_size", 0)),
-    ]
-    text = "".join(
-        f"# HELP {name} {help_}\n# TYPE {name} {kind}\n{name} {value}\n"
-        for name, kind, help_, value in lines
-    )
-    return Response(text, mimetype="text/plain; version=0.0.4")
+    """Prometheus text format, for every worker of this instance (docs/operating.md)."""
+    text, content_type = chatsvc_metrics.exposition(runtime().settings.metrics_dir)
+    return Response(text, content_type=content_type)
 
 
 @route(bp, "GET", "/openapi.json", auth="none")

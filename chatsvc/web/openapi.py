@@ -375,7 +375,7 @@ def _frame_fields(name: str) -> dict[str, Any]:
 
 
 def _websocket(refs: dict[Any, Any]) -> dict[str, Any]:
-    """GET /api/ws: served by `ws.py` with flask-sock, outside `declare.route`."""
+    """GET /api/ws: served by `ws.py` with simple-websocket, outside `declare.route`."""
     events = {**event_schemas.CONVERSATION_EVENTS, **event_schemas.PROJECT_EVENTS}
     server = {
         name: {"allOf": [refs[(t, "serialization")], _frame_fields(name)]}

@@ -43,6 +43,9 @@ def _respond(follower: Follower, first: list[Out]) -> Response:
         try:
             for out in follower.events(first):
                 yield PING if out is None else format_event(out)
+                # The server asks for the next piece once it has written this one.
+                if out is not None and follower.sub is not None:
+                    follower.sub.delivered("sse")
         except Unavailable:
             # The database went away mid-stream: end cleanly; the client reconnects
             # with Last-Event-ID after `retry` and resumes where it was.

@@ -12,18 +12,20 @@ session cookie, or a Bearer header on the upgrade request, authenticates at once
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
 import gevent
-from flask import Blueprint, Flask
-from flask_sock import Sock
+import simple_websocket
+from flask import Blueprint, Flask, Response, current_app, request
 from gevent.lock import Semaphore
 from simple_websocket import ConnectionClosed
+from wsproto.events import AcceptConnection
 
-from chatsvc import jsonio
+from chatsvc import jsonio, logs
 from chatsvc.engine import commands, conversations, projects, users
 from chatsvc.engine import messages as message_rows
 from chatsvc.engine.followers import (
@@ -39,7 +41,7 @@ from chatsvc.engine.positions import Cursor, Position
 from chatsvc.engine.runtime import Runtime
 from chatsvc.engine.users import User
 from chatsvc.errors import ApiError, InvalidRequest, NotFound, TooLarge, Unauthorized
-from chatsvc.web import auth
+from chatsvc.web import auth, observe
 from chatsvc.web.context import connection, runtime
 from chatsvc.web.declare import serialise
 from chatsvc.web.event_schemas import (
@@ -56,7 +58,6 @@ from chatsvc.web.parsing import parse, parse_json
 log = logging.getLogger(__name__)
 
 bp = Blueprint("ws", __name__)
-sock = Sock()
 
 # Close code 1012 "service restart": the client should reconnect (elsewhere).
 CLOSE_RESTART = 1012
@@ -71,7 +72,6 @@ def init_app(app: Flask) -> None:
         "ping_interval": settings.heartbeat_s,
         "max_message_size": 4 * settings.max_body_bytes,
     }
-    sock.init_app(app)
     app.register_blueprint(bp)
 
 
@@ -81,16 +81,72 @@ def runtime_of(app: Flask) -> Runtime:
     return rt
 
 
-@sock.route("/api/ws", bp=bp)  # type: ignore[untyped-decorator]
-def websocket(ws: Any) -> None:
+@bp.route("/api/ws", websocket=True)
+def websocket() -> Response:
     """One WebSocket connection."""
-    connection = Connection(ws, runtime(), None)
-    # A session cookie or Bearer header on the upgrade request authenticates at once.
-    user = auth.page_user()
-    if user is not None:
-        with contextlib.suppress(Unauthorized):
-            connection.sign_in(user, auth.lookup_later())
-    connection.run()
+    ws = Upgrade(request.environ, **current_app.config["SOCK_SERVER_OPTIONS"])
+    with contextlib.suppress(ConnectionClosed):
+        connection = Connection(ws, runtime(), None)
+        # A session cookie or Bearer header on the upgrade request authenticates at once.
+        user = auth.page_user()
+        if user is not None:
+            with contextlib.suppress(Unauthorized):
+                connection.sign_in(user, auth.lookup_later())
+        connection.run()
+    with contextlib.suppress(Exception):
+        ws.close()
+    return Upgraded(ws.mode)
+
+
+class Upgrade(simple_websocket.Server):  # type: ignore[misc]
+    """simple-websocket's server socket, whose `101` response carries the X-Request-ID too
+    (the server writes that response itself, not Flask)."""
+
+    def __init__(self, environ: dict[str, Any], **options: Any) -> None:
+        rid = environ.get(observe.ENVIRON_KEY) or ""
+        self._extra = [(observe.HEADER.encode(), rid.encode())] if rid else []
+        super().__init__(environ, **options)
+
+    def handshake(self) -> None:
+        """Accept the upgrade, with the extra headers."""
+        connection: Any = getattr(self, "ws")  # noqa: B009 - set by simple-websocket
+        self.ws = _AddHeaders(connection, self._extra)
+        try:
+            super().handshake()
+        finally:
+            self.ws = connection
+
+
+class _AddHeaders:
+    """A wsproto connection whose AcceptConnection gets extra headers."""
+
+    def __init__(self, connection: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        self._connection = connection
+        self._headers = headers
+
+    def send(self, event: Any) -> bytes:
+        if isinstance(event, AcceptConnection):
+            event = dataclasses.replace(event, extra_headers=[*event.extra_headers, *self._headers])
+        data: bytes = self._connection.send(event)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+
+class Upgraded(Response):
+    """What the view returns once the socket is closed: nothing more goes on the wire."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        if self.mode == "gunicorn":
+            raise StopIteration  # gunicorn's signal that the socket was taken over
+        if self.mode == "werkzeug":
+            return super().__call__(environ, start_response)
+        return []
 
 
 class Connection:
@@ -105,6 +161,7 @@ class Connection:
         self.sent_answers: set[UUID] = set()
         self.watch: gevent.Greenlet | None = None
         self.tokens_used = 0
+        self.request_id = logs.REQUEST_ID.get()  # of the upgrade, for its followers' lines
         # `on_<type>` handles a frame validated as CLIENT_FRAMES[type].
         self.handlers: dict[str, Callable[[Any], None]] = {
             kind: getattr(self, f"on_{kind}") for kind in CLIENT_FRAMES
@@ -280,10 +337,13 @@ class Connection:
         self.follows[key] = gevent.spawn(self._forward, key, follower, first)
 
     def _forward(self, key: tuple[str, UUID], follower: Follower, first: list[Out]) -> None:
+        logs.REQUEST_ID.set(self.request_id)
         try:
             for out in follower.events(first):
                 if out is not None:  # heartbeats: the socket pings by itself
                     self.emit(self._frame(out))
+                    if follower.sub is not None:
+                        follower.sub.delivered("websocket")
         except ConnectionClosed:
             pass
         except ApiError as error:

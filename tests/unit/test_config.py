@@ -13,6 +13,7 @@ def test_an_empty_environment_gives_the_documented_defaults() -> None:
     assert (settings.checkpoint_ms, settings.checkpoint_min_ms) == (100, 0)
     assert (settings.lease_s, settings.orphan_policy, settings.max_resumes) == (10.0, "resume", 3)
     assert (settings.heartbeat_s, settings.max_message_chars) == (15.0, 32_000)
+    assert (settings.log_format, settings.metrics_dir) == ("text", None)
 
 
 def test_values_are_parsed_and_empty_ones_ignored() -> None:
@@ -44,6 +45,7 @@ def test_values_are_parsed_and_empty_ones_ignored() -> None:
             {"CHATSVC_MODELS": "openai/a"},
             "CHATSVC_MODEL='chatsvc/offline' is not in CHATSVC_MODELS",
         ),
+        ({"CHATSVC_LOG_FORMAT": "xml"}, "CHATSVC_LOG_FORMAT must be one of text, json"),
     ],
 )
 def test_an_impossible_value_is_refused_by_name(env: dict[str, str], named: str) -> None:
