@@ -31,8 +31,9 @@ STREAMING = r"/stream$|/events$|^/api/ws$"
 # A body over the size limit is 413 too_large, a documented rejection too.
 REJECTED = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
 # The tree's operations are 422 for a message of the wrong kind or state, whatever
-# the body: a documented answer to a valid request.
-TREE = r"/(continue|regenerate|edit)$|/branch$"
+# the body, and every operation that takes a `model` is 422 unknown_model for one the
+# operator did not list: documented answers to valid requests.
+TREE = r"/(continue|regenerate|edit)$|/branch$|/messages$|^/api/chat$"
 ACCEPTED_BY_TREE = ["2xx", "401", "404", "409", "422", "429"]
 CONFIG = SchemathesisConfig.from_dict(
     {
