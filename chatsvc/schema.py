@@ -79,6 +79,8 @@ users = Table(
     Column("prompt_tokens", BigInteger, nullable=False, server_default=text("0")),
     Column("completion_tokens", BigInteger, nullable=False, server_default=text("0")),
     Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    # Set by `chatsvc users disable`: the user's tokens and sessions stop working.
+    Column("disabled_at", _TIMESTAMPTZ),
     CheckConstraint("name ~ '^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$'"),
     CheckConstraint("token_limit >= 0"),
 )
@@ -232,6 +234,12 @@ Index(
     messages.c.conversation_id,
     messages.c.seq,
     postgresql_where=messages.c.parent_id.is_(None),
+)
+# A user's streaming answers, counted against CHATSVC_MAX_ACTIVE_PER_USER.
+Index(
+    "messages_streaming_by_user",
+    messages.c.user_id,
+    postgresql_where=messages.c.status == "streaming",
 )
 
 # The text (and reasoning) of streaming answers, appended at each checkpoint. No
