@@ -65,6 +65,8 @@ class Instance:
             **os.environ,
             "DATABASE_URL": self.db_url,
             "CHATSVC_MODEL": "openai/fake",
+            # The models a client may name: the fake answers under any name.
+            "CHATSVC_MODELS": "openai/fake,openai/fake-2",
             "CHATSVC_LLM_API_BASE": self.llm.api_base,
             "CHATSVC_LLM_API_KEY": "sk-test",
             "CHATSVC_LEASE_S": "3",
