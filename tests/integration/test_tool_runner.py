@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import gevent
+from prometheus_client import REGISTRY
 
 from chatsvc.engine import tool_runner
 from chatsvc.engine.tools import (
@@ -49,8 +50,19 @@ def test_failures_become_readable_errors(fake_tools: FakeToolServer) -> None:
     assert failed == tool_runner.Outcome(
         False, error='The tool answered HTTP 500: {"error": "the tool broke"}'
     )
+    timeouts = REGISTRY.get_sample_value(
+        "chatsvc_tool_calls_total", {"tool": "charge", "outcome": "timeout"}
+    )
     slow = tool_runner.run(_http(fake_tools.url("hang", "charge"), timeout_s=0.3), CALL)
-    assert slow == tool_runner.Outcome(False, error="The tool did not answer within 0.3 s.")
+    assert slow == tool_runner.Outcome(
+        False, error="The tool did not answer within 0.3 s.", timed_out=True
+    )
+    assert (
+        REGISTRY.get_sample_value(
+            "chatsvc_tool_calls_total", {"tool": "charge", "outcome": "timeout"}
+        )
+        == (timeouts or 0) + 1
+    )
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
