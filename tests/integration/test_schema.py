@@ -16,7 +16,7 @@ SELECT table_name, column_name, data_type, is_nullable, column_default
 FROM information_schema.columns WHERE table_schema = 'public'
 ORDER BY table_name, ordinal_position
 """
-MIGRATIONS = ["0001.initial", "0002.parts-and-tools"]
+MIGRATIONS = ["0001.initial", "0002.parts-and-tools", "0004.chat-keys"]
 INDEX_QUERY = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
 
 

@@ -1,7 +1,8 @@
 """The JSON API under /api (docs/api.md), one module per resource.
 
 Each route is declared once with `declare.route`, in the module named after the
-resource it serves: session, projects, conversations, messages, streams, usage.
+resource it serves: session, projects, conversations, messages, streams, usage,
+and chat (the AI SDK transport).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def _authenticate() -> None:
 
 # The resource modules register their routes on `bp` when imported.
 from chatsvc.web.api import (  # noqa: E402
+    chat,
     conversations,
     messages,
     projects,
@@ -29,4 +31,4 @@ from chatsvc.web.api import (  # noqa: E402
     usage,
 )
 
-__all__ = ["bp", "conversations", "messages", "projects", "session", "streams", "usage"]
+__all__ = ["bp", "chat", "conversations", "messages", "projects", "session", "streams", "usage"]
