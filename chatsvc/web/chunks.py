@@ -153,7 +153,6 @@ class ChatMetadata(TypedDict):
     status: Literal["completed", "cancelled", "failed", "interrupted"]
     usage: ChatUsage
     content_length: int
-    error: NotRequired[str]
 
 
 class MessageMetadataChunk(TypedDict):
@@ -346,8 +345,6 @@ def ending(
         "usage": counted,
         "content_length": content_length,
     }
-    if error is not None:
-        metadata["error"] = error
     last: FinishChunk | AbortChunk | ErrorChunk
     if status == "cancelled":
         last = abort("cancelled")

@@ -92,10 +92,7 @@ def metadata(row: dict[str, Any]) -> dict[str, Any]:
     usage = {k: row["usage"][k] for k in ("prompt_tokens", "completion_tokens")}
     if row["usage"].get("estimated"):
         usage["estimated"] = True
-    found = {"status": row["status"], "usage": usage, "content_length": row["content_length"]}
-    if row["error"] is not None:
-        found["error"] = row["error"]
-    return found
+    return {"status": row["status"], "usage": usage, "content_length": row["content_length"]}
 
 
 @pytest.fixture(scope="module")
