@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -106,15 +106,17 @@ class ChatStream:
                 yield None
                 quiet_since = time.monotonic()
                 continue
-            batch = [item, *self.sub.pending()]
-            if any(isinstance(one, Closing) for one in batch):
-                return  # this process stops: the client resumes on another
+            # Closing is not an end here, unlike for EventSource, which reconnects by
+            # itself: the SDK would take a clean end for the whole answer. Another
+            # process takes the answer over and this one hears of it until gunicorn's
+            # graceful timeout cuts the connection, which the SDK sees as a drop.
+            batch = [one for one in (item, *self.sub.pending()) if not isinstance(one, Closing)]
             out = self.read() if any(isinstance(one, Resync) for one in batch) else self.on(batch)
             if out:
                 quiet_since = time.monotonic()
                 yield from out
 
-    def on(self, batch: list[Item]) -> list[Chunk]:
+    def on(self, batch: Sequence[Item]) -> list[Chunk]:
         """Chunks for a batch of hub events."""
         mine = [e for e in batch if getattr(e, "message_id", None) == self.message_id]
         out: list[Chunk] = []

@@ -20,8 +20,8 @@ import pytest
 
 from tests.e2e.conftest import Instance, serving
 from tests.faketools import FakeToolServer
-from tests.integration.test_chat import chat_body, read_chunks
-from tests.support import ApiClient, FakeLLMServer, make_user, query, wait_until
+from tests.integration.test_chat import chat_body, read_chunks, rebuild
+from tests.support import ApiClient, FakeLLMServer, make_user, query, read_sse, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -295,3 +295,24 @@ def test_a_reloaded_page_resumes_after_the_owner_is_killed(
         assert reloaded["finished"]["finishReason"] == "stop"
         # A takeover seen live is only a transient data chunk, never a part.
         assert all(d["type"] == "data-chatsvc-status" for d in reloaded["data"])
+
+
+def test_a_graceful_stop_of_the_owner_does_not_end_the_stream(
+    db: str, fake_llm: FakeLLMServer
+) -> None:
+    with serving(Instance(db, fake_llm), Instance(db, fake_llm)) as (a, _):
+        client = ApiClient(a.base, make_user(db, "deployer"))
+        body = chat_body("deploy", "@fake chunks=150 size=3 delay=0.02", "u1")
+        response = client.post("/api/chat", body, stream=True, timeout=30)
+        found: list[Any] = []
+        for event in read_sse(response):
+            found.append("[DONE]" if event.data == "[DONE]" else json.loads(event.data))
+            if len(found) == 5:
+                a.signal(signal.SIGTERM)  # a rolling deploy: b takes the answer over
+        client.session.close()  # no keep-alive connection holds the stopping worker
+        message = rebuild(found)
+        row = answer_row(db, message["id"])
+        assert row["status"] == "completed" and row["epoch"] == 2
+        assert message["parts"] == [{"type": "text", "text": row["content"]}]
+        assert message["ending"] == {"type": "finish", "finishReason": "stop"}
+        assert found[3]["type"] == "text-delta" and found[-1] == "[DONE]"
