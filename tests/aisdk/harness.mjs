@@ -11,7 +11,7 @@
 //       A reloaded page: `new Chat({id, transport, messages})` from @ai-sdk/react, then
 //       resumeStream(), which is what useChat({resume: true}) does on mount.
 //   {"do": "chat", chatId, messages?, actions: [{send: text} | {regenerate: true} |
-//                                                {edit: messageId, text}]}
+//                                                {edit: index of a user message, text}]}
 //       useChat's own calls on one `new Chat(...)`: sendMessage, regenerate, sendMessage with
 //       a messageId (an edit); the chat's state after each.
 //   {"do": "cancel", chatId, messages}
@@ -132,7 +132,11 @@ async function chat() {
   for (const action of command.actions) {
     finished = null;
     if (action.regenerate) await chat.regenerate();
-    else if (action.edit) await chat.sendMessage({ text: action.text, messageId: action.edit });
+    else if (action.edit !== undefined) {
+      // `edit` is the index of the user message in the chat's messages.
+      const messageId = chat.messages[action.edit].id;
+      await chat.sendMessage({ text: action.text, messageId });
+    }
     else await chat.sendMessage({ text: action.send });
     states.push(snapshot(chat, finished));
   }

@@ -316,3 +316,41 @@ def test_a_graceful_stop_of_the_owner_does_not_end_the_stream(
         assert message["parts"] == [{"type": "text", "text": row["content"]}]
         assert message["ending"] == {"type": "finish", "finishReason": "stop"}
         assert found[3]["type"] == "text-delta" and found[-1] == "[DONE]"
+
+
+def test_regenerate_and_edit_from_use_chat(
+    two: tuple[Instance, Instance], token: str, shared_db: str
+) -> None:
+    a, _ = two
+    actions = [
+        {"send": "@fake chunks=6 reasoning=2"},
+        {"regenerate": True},
+        {"edit": 0, "text": "@fake chunks=4 seed=edited"},
+    ]
+    sent, regenerated, edited = harness(
+        do="chat", base=a.base, token=token, chatId="tree-chat", actions=actions
+    )["states"]
+    first = sent["messages"][1]
+    user, answer = regenerated["messages"]
+    assert user == sent["messages"][0] and answer["id"] != first["id"]
+    row = answer_row(shared_db, answer["id"])
+    assert seen_parts(answer) == ui_parts(row) and answer["metadata"] == metadata(row)
+    # The regenerated answer is the first one's sibling: one parent for both.
+    sql = "SELECT DISTINCT parent_id FROM messages WHERE id = ANY(%s::uuid[])"
+    assert len(query(shared_db, sql, [first["id"], answer["id"]])) == 1
+    # The edit keeps the client's id for the question; chatsvc stored a new version of it.
+    question, reply = edited["messages"]
+    assert question["id"] == user["id"] and question["parts"][0]["text"].endswith("edited")
+    stored = answer_row(shared_db, reply["id"])
+    assert seen_parts(reply) == ui_parts(stored)
+    (conversation,) = query(
+        shared_db,
+        "SELECT c.id FROM conversations c JOIN messages m ON m.conversation_id = c.id "
+        "WHERE m.id = %s",
+        reply["id"],
+    )
+    client = ApiClient(a.base, token)
+    shown = client.get(f"/api/conversations/{conversation['id']}").json()["messages"]
+    assert [m["content"] for m in shown] == ["@fake chunks=4 seed=edited", stored["content"]]
+    assert len(shown[0]["sibling_ids"]) == 2 and shown[1]["id"] == reply["id"]
+    assert all(s["status"] == "ready" and s["error"] is None for s in (sent, regenerated, edited))

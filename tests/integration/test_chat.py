@@ -312,3 +312,40 @@ def test_errors_before_the_stream_use_the_api_error_body(llm_app: AppServer) -> 
     wait_until(
         "the answer ends", lambda: query(llm_app.db_url, "SELECT 1 FROM active_streams") == []
     )
+
+
+def test_regenerate_and_edit_go_to_the_tree(llm_app: AppServer) -> None:
+    alice = ApiClient(llm_app.base, make_user(llm_app.db_url, "alice"))
+    first = rebuild(post_chat(alice, chat_body("tree", "@fake chunks=5", "q1")))
+    conversation_id = stored(llm_app.db_url, first["id"])["conversation_id"]
+
+    def branch() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = alice.get(f"/api/conversations/{conversation_id}").json()
+        return found["messages"]
+
+    question = branch()[0]
+    # regenerate() without a messageId: the last answer of the current branch.
+    regenerate = {**chat_body("tree", "ignored", "q1"), "trigger": "regenerate-message"}
+    second = rebuild(post_chat(alice, regenerate))
+    assert second["id"] != first["id"]
+    assert [m["id"] for m in branch()] == [question["id"], second["id"]]
+    assert branch()[1]["sibling_ids"] == [first["id"], second["id"]]
+    assert second["parts"] == [{"type": "text", "text": branch()[1]["content"]}]
+    # regenerate({messageId}) names the answer by its stored id (the one `start` gave).
+    third = rebuild(post_chat(alice, {**regenerate, "messageId": first["id"]}))
+    assert branch()[1]["id"] == third["id"] and len(branch()[1]["sibling_ids"]) == 3
+    # sendMessage({text, messageId}): an edit of the question named by its client id.
+    edit = chat_body("tree", "@fake chunks=6 seed=edited", "q1", messageId="q1")
+    edited = rebuild(post_chat(alice, edit))
+    new_question, answer = branch()
+    assert new_question["content"] == "@fake chunks=6 seed=edited"
+    assert new_question["sibling_ids"] == [question["id"], new_question["id"]]
+    assert answer["id"] == edited["id"] and edited["metadata"]["status"] == "completed"
+    # ... or by its stored id; an answer is not edited; unknown names and chats are 404.
+    edit_by_id = chat_body("tree", "@fake chunks=2", "q9", messageId=new_question["id"])
+    assert rebuild(post_chat(alice, edit_by_id))["metadata"]["status"] == "completed"
+    assert len(branch()[0]["sibling_ids"]) == 3
+    not_a_question = alice.post("/api/chat", {**edit, "messageId": answer["id"]})
+    assert not_a_question.status_code == 422, not_a_question.text
+    assert alice.post("/api/chat", {**edit, "messageId": "nope"}).status_code == 404
+    assert alice.post("/api/chat", {**regenerate, "id": "no-such-chat"}).status_code == 404

@@ -206,7 +206,7 @@ def test_existing_conversations_become_one_branch(empty_db: str) -> None:
                     or ()
                 )
             lines.append((row[0], ids))
-    assert migrations.upgrade(empty_db) == ["0003.tree"]
+    assert migrations.upgrade(empty_db) == MIGRATIONS[2:]
     with psycopg.connect(empty_db) as conn:
         for conversation, ids in lines:
             parents = dict(

@@ -60,10 +60,23 @@ def user_text(message: schemas.UIMessage, max_chars: int) -> str:
     errors=(NotFound, StreamActive, TokenLimitExceeded),
 )
 def chat(body: schemas.ChatRequest) -> Response:
-    """The AI SDK transport: send the last user message and stream its answer."""
+    """The AI SDK transport: send (or edit, or regenerate) and stream the answer."""
     rt, user = runtime(), current_user()
+    if body.trigger == "regenerate-message":
+        with connection() as conn:
+            conversation = chats.existing(conn, user, body.id)
+            answer_id = chats.to_regenerate(conn, user, conversation.id, body.messageId)
+        sent = commands.regenerate(rt, user, answer_id, model=body.model)
+        return stream(rt, sent.exchange.assistant_message.id)
     last = body.messages[-1]
     text = user_text(last, rt.settings.max_message_chars)
+    if body.messageId is not None:
+        # An edit, even though the last message carries that id (the SDK's way).
+        with connection() as conn:
+            conversation = chats.existing(conn, user, body.id)
+            question = chats.named(conn, user, conversation.id, body.messageId)
+        sent = commands.edit(rt, user, question.id, text, model=body.model)
+        return stream(rt, sent.exchange.assistant_message.id)
     with connection() as conn:
         conversation, created = chats.find_or_create(conn, user, body.id, text)
     try:
