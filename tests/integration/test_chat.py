@@ -349,3 +349,20 @@ def test_regenerate_and_edit_go_to_the_tree(llm_app: AppServer) -> None:
     assert not_a_question.status_code == 422, not_a_question.text
     assert alice.post("/api/chat", {**edit, "messageId": "nope"}).status_code == 404
     assert alice.post("/api/chat", {**regenerate, "id": "no-such-chat"}).status_code == 404
+
+
+def test_a_continued_answer_is_resumed_from_its_start(llm_app: AppServer) -> None:
+    alice = ApiClient(llm_app.base, make_user(llm_app.db_url, "alice"))
+    body = chat_body("paused", "@fake chunks=300 delay=0.01", "q1")
+    first = read_chunks(alice.post("/api/chat", body, stream=True, timeout=30), until="text-delta")
+    answer_id = first[0]["messageId"]
+    alice.post(f"/api/messages/{answer_id}/cancel")
+    wait_until("cancelled", lambda: stored(llm_app.db_url, answer_id)["status"] == "cancelled")
+    stopped = stored(llm_app.db_url, answer_id)["content"]
+    assert alice.post(f"/api/messages/{answer_id}/continue").status_code == 202
+    # Stop, then Continue, then the SDK's resumeStream(): the same message, to its new end.
+    resumed = rebuild(read_chunks(alice.get("/api/chat/paused/stream", stream=True, timeout=30)))
+    row = stored(llm_app.db_url, answer_id)
+    assert resumed["id"] == answer_id and row["status"] == "completed"
+    assert resumed["parts"] == [{"type": "text", "text": row["content"]}]
+    assert row["content"].startswith(stopped) and len(row["content"]) > len(stopped)
