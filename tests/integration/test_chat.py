@@ -205,6 +205,11 @@ def test_resume_replays_the_streaming_answer_then_follows_it(llm_app: AppServer)
     assert alice.get("/api/chat/resumable/stream").status_code == 204
     assert bob.get("/api/chat/resumable/stream").status_code == 204
     assert alice.get(f"/api/chat/{row['conversation_id']}/stream").status_code == 204
+    # Any key works, as the SDK sends it (encodeURIComponent), a slash included.
+    read_chunks(alice.post("/api/chat", chat_body("a/b", "@fake chunks=300"), stream=True), "start")
+    slashed = alice.get("/api/chat/a%2Fb/stream", stream=True)
+    assert slashed.status_code == 200
+    slashed.close()
 
 
 def test_cancel_ends_with_abort_and_failure_with_error(llm_app: AppServer) -> None:

@@ -94,7 +94,7 @@ def chat(body: schemas.ChatRequest) -> Response:
 @route(
     bp,
     "GET",
-    "/chat/<chat_id>/stream",
+    "/chat/<path:chat_id>/stream",
     response=chunks.UIMessageChunk,
     media_type=EVENT_STREAM,
     responses={204: "Nothing streams in this chat, or the caller has no chat of this id."},
