@@ -124,6 +124,25 @@ project_members = Table(
     Index("project_members_user", "user_id"),
 )
 
+# The chat ids of the AI SDK transport that are not a conversation's UUID: a
+# caller's key naming the private conversation its first POST /api/chat created.
+chat_keys = Table(
+    "chat_keys",
+    metadata,
+    Column("user_id", _UUID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("key", Text, nullable=False),
+    Column(
+        "conversation_id",
+        _UUID,
+        ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+        unique=True,
+    ),
+    Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    PrimaryKeyConstraint("user_id", "key"),
+    CheckConstraint("char_length(key) BETWEEN 1 AND 200"),
+)
+
 conversations = Table(
     "conversations",
     metadata,

@@ -72,7 +72,7 @@ def tool_data(message_id: UUID, part: dict[str, Any]) -> dict[str, Any]:
     return {"message_id": message_id, **{k: v for k, v in part.items() if k != "type"}}
 
 
-def _entries(state: PartsFrom) -> list[dict[str, Any]]:
+def layout_entries(state: PartsFrom) -> list[dict[str, Any]]:
     """The layout, or for an answer that kept only its parts, a layout made from them."""
     if state.layout is not None:
         entries = list(state.layout)
@@ -98,7 +98,7 @@ def catch_up(state: PartsFrom, position: Position) -> list[Piece]:
     """What a client at `position` lacks of the answer read in `state`, in the parts' order."""
     if not state.has_parts:
         return [Piece("delta", state.text, None, position.tools)] if state.text else []
-    entries = _entries(state)
+    entries = layout_entries(state)
     tool_parts = {p["tool_call_id"]: p for p in state.parts or [] if p["type"] == "tool"}
     ends = {"text": state.content_length, "reasoning": state.reasoning_length}
     sent = {"text": position.content, "reasoning": position.reasoning}

@@ -87,6 +87,30 @@ DESCRIPTIONS = {
         server is shutting down.
     """),
     "cancel_conversation": "404 also when the conversation has no answer at all.",
+    "chat": doc("""
+        A drop-in backend for the Vercel AI SDK's `useChat` with `DefaultChatTransport`
+        (docs/ai-sdk.md). The body is the transport's; the database holds the history, so only
+        the last message is read (a user message, its text parts): its `id` is the send's
+        `client_message_id`, so a retried POST starts nothing new and gets the answer's stream
+        replayed from `start`. `id` is a conversation's UUID, or any other key, which names a
+        private conversation of the caller's, created by the first POST with it.
+
+        The answer is the SDK's UI message stream: `data:` events each holding one chunk
+        (`x-sse-data`), ending with `data: [DONE]`. `start` carries the stored answer's id;
+        its parts follow in order as `reasoning-*`, `text-*` and `tool-*` chunks, with
+        `start-step`/`finish-step` around each model call; then `message-metadata` (the
+        answer's `status`, `usage`, `content_length`), then `finish` (`finishReason` `stop`
+        when completed, `interrupted` when interrupted), `abort` (cancelled) or `error`
+        (failed). A takeover after a crash only adds a transient `data-chatsvc-status` chunk:
+        the text goes on in the same part. Only committed text is sent. Disconnecting never
+        cancels; `POST /api/messages/{id}/cancel` with the id of `start` does.
+    """),
+    "chat_stream": doc("""
+        What `DefaultChatTransport.reconnectToStream` asks after a reload: the answer
+        streaming in this chat, replayed from `start` (one delta per part), then live to its
+        end, as for `POST /api/chat`. 204 when nothing streams in it, and for ids the caller
+        has no chat of (nothing leaks).
+    """),
     "message_stream": doc("""
         The position is the `Last-Event-ID` header, else `?offset=`, else 0: a bare offset in
         the content, or a composite position. The server first sends, as one `delta`,
@@ -122,6 +146,7 @@ PATH_PARAMS = {
     "conversation_id": "A conversation the caller may see.",
     "message_id": "A message in a conversation the caller may see.",
     "name": "A member's user name.",
+    "chat_id": "The chat's `id` as `POST /api/chat` received it: a conversation UUID or a key.",
 }
 
 ERROR_RESPONSES = {
@@ -182,7 +207,25 @@ SSE_HEADERS = {
         "schema": {"type": "string"},
     },
 }
+CHAT_HEADERS = {
+    **SSE_HEADERS,
+    "x-vercel-ai-ui-message-stream": {
+        "description": "`v1`: the AI SDK's UI message stream.",
+        "schema": {"type": "string"},
+    },
+}
 SSE_EXAMPLES = {
+    "chat": (
+        'data: {"type":"start","messageId":"3f2c…"}\n\n'
+        'data: {"type":"start-step"}\n\n'
+        'data: {"type":"text-start","id":"text-0"}\n\n'
+        'data: {"type":"text-delta","id":"text-0","delta":"Hello"}\n\n'
+        'data: {"type":"text-end","id":"text-0"}\n\n'
+        'data: {"type":"finish-step"}\n\n'
+        'data: {"type":"message-metadata","messageMetadata":{"status":"completed",…}}\n\n'
+        'data: {"type":"finish","finishReason":"stop"}\n\n'
+        "data: [DONE]\n\n"
+    ),
     "message_stream": (
         "retry: 1000\n\n"
         "event: delta\nid: 12\n"
@@ -296,6 +339,20 @@ def _success(op: Operation, status: int, description: str, refs: dict[Any, Any])
                 }
             },
         }
+    if op.response is not None and op.media_type == EVENT_STREAM:
+        # The AI SDK's stream: unnamed `data:` events, each one JSON chunk.
+        stream = {"type": "string", "description": "Server-Sent Events; see `x-sse-data`."}
+        return {
+            "description": description,
+            "headers": CHAT_HEADERS,
+            "content": {
+                EVENT_STREAM: {
+                    "schema": stream,
+                    "example": SSE_EXAMPLES.get(op.operation_id, ""),
+                    "x-sse-data": refs[(op.response, "serialization")],
+                }
+            },
+        }
     if op.response is not None:
         schema = refs[(op.response, "serialization")]
     else:
@@ -346,7 +403,7 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
         }
     if op.auth != "none":
         result["security"] = AUTHENTICATED if op.auth == "required" else [*AUTHENTICATED, {}]
-    main = _doc_of(op.response) if op.response is not None else "The stream's events."
+    main = _doc_of(op.response) if op.media_type == JSON else "The stream's events."
     responses = {str(op.status): _success(op, op.status, main, refs)}
     for status, description in op.responses.items():
         responses[str(status)] = _success(op, status, description, refs)

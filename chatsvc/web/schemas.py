@@ -9,7 +9,7 @@ attribute, so a response has exactly the fields declared here.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -17,7 +17,16 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from chatsvc.engine.commands import Sent
 from chatsvc.engine.messages import Message
 from chatsvc.errors import ApiError
-from chatsvc.web.parsing import Body, MessageContent, Name, Query, Text, Title, query_int
+from chatsvc.web.parsing import (
+    Body,
+    MessageContent,
+    Name,
+    Query,
+    Request,
+    Text,
+    Title,
+    query_int,
+)
 
 
 def _all_subclasses(cls: type[ApiError]) -> list[type[ApiError]]:
@@ -293,3 +302,39 @@ class Error(Out):
     """Every error response has this body."""
 
     error: ErrorDetail
+
+
+# --- the AI SDK chat transport (POST /api/chat) -------------------------------------
+
+
+class UIMessage(Request):
+    """A message as the AI SDK's chat sends it; chatsvc reads the last one's id and text."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: Text = Field(description="The client's id; the last user message's is its idempotency key.")
+    role: Literal["system", "user", "assistant"]
+    parts: list[dict[str, Any]] = Field(
+        description="The message's parts; the `text` of its `text` parts is what is sent."
+    )
+
+
+class ChatRequest(Body):
+    """The body `DefaultChatTransport` sends; other fields (the transport's `body`) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: Text = Field(
+        description="The chat: a conversation's UUID, or any other key naming a conversation "
+        "of the caller's, created by the first POST with it."
+    )
+    messages: list[UIMessage] = Field(
+        min_length=1, description="The chat's messages; only the last user message is read."
+    )
+    trigger: Literal["submit-message", "regenerate-message"]
+    messageId: Text | None = Field(
+        default=None,
+        description="With `submit-message`: the stored user message to edit (its id or its "
+        "client id). With `regenerate-message`: the answer to regenerate.",
+    )
+    model: Text | None = Field(default=None, description="A litellm model name.")

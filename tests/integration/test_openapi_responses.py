@@ -109,6 +109,24 @@ class Contract:
             response.close()
         return names
 
+    def chunks(self, response: requests.Response) -> list[str]:
+        """Read a UI message stream to its end; check every chunk against `x-sse-data`."""
+        request = response.request
+        declared = self.response(str(request.method), str(request.url), response.status_code)
+        schema = declared["content"]["text/event-stream"]["x-sse-data"]
+        types: list[str] = []
+        try:
+            with gevent.Timeout(20, AssertionError("the chat stream did not end")):
+                for event in read_sse(response):
+                    if event.data == "[DONE]":
+                        types.append(event.data)
+                    elif event.data:
+                        self.validate(event.json(), schema)
+                        types.append(event.json()["type"])
+        finally:
+            response.close()
+        return types
+
     def frames(self, frames: list[dict[str, Any]]) -> None:
         """Check WebSocket server frames against the /api/ws description."""
         server = self.spec["paths"]["/api/ws"]["get"]["x-websocket-frames"]["server"]
@@ -268,6 +286,26 @@ def test_every_route_answers_as_described(llm_app: AppServer) -> None:
         ws.close()
     assert [f["type"] for f in frames][:3] == ["error", "message", "message"]
     c.frames(frames)
+
+    # the AI SDK transport: chunks as described, errors before the stream as JSON
+    chat = {
+        "id": "chat-key",
+        "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "@fake"}]}],
+        "trigger": "submit-message",
+    }
+    types = c.chunks(alice.post("/api/chat", chat, stream=True, timeout=20))
+    assert types[0] == "start" and types[-2:] == ["finish", "[DONE]"]
+    c.check(alice.get("/api/chat/chat-key/stream"))  # 204: nothing streams
+    c.check(anon.post("/api/chat", chat))
+    c.check(alice.post("/api/chat", {**chat, "messages": []}))
+    c.check(alice.post("/api/chat", data="{", headers=json_header))
+    slow = {**chat, "messages": [{**chat["messages"][0], "id": "u2"}]}
+    slow["messages"][0]["parts"] = [{"type": "text", "text": "@fake chunks=300 delay=0.01"}]
+    streaming = alice.post("/api/chat", slow, stream=True, timeout=20)
+    c.check(alice.post("/api/chat", {**chat, "messages": [{**chat["messages"][0], "id": "u3"}]}))
+    resumed = c.chunks(alice.get("/api/chat/chat-key/stream", stream=True, timeout=20))
+    assert resumed[0] == "start" and resumed[-1] == "[DONE]"
+    streaming.close()
 
     documented = {
         (path, method)

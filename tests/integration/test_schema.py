@@ -16,7 +16,13 @@ SELECT table_name, column_name, data_type, is_nullable, column_default
 FROM information_schema.columns WHERE table_schema = 'public'
 ORDER BY table_name, ordinal_position
 """
-MIGRATIONS = ["0001.initial", "0002.parts-and-tools", "0003.tree", "0004.users-disable"]
+MIGRATIONS = [
+    "0001.initial",
+    "0002.parts-and-tools",
+    "0003.tree",
+    "0004.users-disable",
+    "0005.chat-keys",
+]
 INDEX_QUERY = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
 
 
@@ -206,7 +212,7 @@ def test_existing_conversations_become_one_branch(empty_db: str) -> None:
                     or ()
                 )
             lines.append((row[0], ids))
-    assert migrations.upgrade(empty_db) == ["0003.tree", "0004.users-disable"]
+    assert migrations.upgrade(empty_db) == MIGRATIONS[2:]
     with psycopg.connect(empty_db) as conn:
         for conversation, ids in lines:
             parents = dict(

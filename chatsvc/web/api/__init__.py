@@ -2,7 +2,7 @@
 
 Each route is declared once with `declare.route`, in the module named after the
 resource it serves: session, projects, conversations, messages, streams, models,
-usage.
+usage, and chat (the AI SDK transport).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def _authenticate() -> None:
 
 # The resource modules register their routes on `bp` when imported.
 from chatsvc.web.api import (  # noqa: E402
+    chat,
     conversations,
     messages,
     models,
@@ -31,4 +32,14 @@ from chatsvc.web.api import (  # noqa: E402
     usage,
 )
 
-__all__ = ["bp", "conversations", "messages", "models", "projects", "session", "streams", "usage"]
+__all__ = [
+    "bp",
+    "chat",
+    "conversations",
+    "messages",
+    "models",
+    "projects",
+    "session",
+    "streams",
+    "usage",
+]
