@@ -23,6 +23,7 @@ from chatsvc.engine.events import (
     ReasoningDelta,
     StatusChanged,
     ToolChanged,
+    UserEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -158,4 +159,6 @@ def _route_keys(event: Event) -> tuple[UUID, ...]:
             return (event.conversation_id,)
         case ProjectEvent():
             return (event.project_id,)
+        case UserEvent():
+            return (event.user_id,)
     return ()

@@ -1,7 +1,8 @@
 """The JSON API under /api (docs/api.md), one module per resource.
 
 Each route is declared once with `declare.route`, in the module named after the
-resource it serves: session, projects, conversations, messages, streams, usage.
+resource it serves: session, projects, conversations, events, messages, streams,
+usage.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def _authenticate() -> None:
 # The resource modules register their routes on `bp` when imported.
 from chatsvc.web.api import (  # noqa: E402
     conversations,
+    events,
     messages,
     projects,
     session,
@@ -29,4 +31,4 @@ from chatsvc.web.api import (  # noqa: E402
     usage,
 )
 
-__all__ = ["bp", "conversations", "messages", "projects", "session", "streams", "usage"]
+__all__ = ["bp", "conversations", "events", "messages", "projects", "session", "streams", "usage"]
