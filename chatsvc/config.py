@@ -23,6 +23,7 @@ class Settings:
     database_url: str | None = None
     data_dir: Path = Path(".chatsvc")
     model: str = OFFLINE_MODEL
+    models: tuple[str, ...] = ()
     llm_api_base: str | None = None
     llm_api_key: str | None = None
     checkpoint_ms: int = 100
@@ -71,6 +72,11 @@ class Settings:
             raise ConfigError("CHATSVC_MAX_MESSAGE_CHARS must be at least 1")
         if self.max_steps < 1:
             raise ConfigError("CHATSVC_MAX_STEPS must be at least 1")
+        if self.models and self.model not in self.models:
+            raise ConfigError(
+                f"CHATSVC_MODEL={self.model!r} is not in CHATSVC_MODELS: list the default model"
+                " there too, or set CHATSVC_MODEL to one of them"
+            )
         if self.pool_size < 2:
             raise ConfigError("CHATSVC_POOL_SIZE must be at least 2")
         return self
@@ -92,6 +98,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _model_names(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(","))
+    if "" in names:
+        raise ValueError("an empty model name (comma-separated litellm model names)")
+    return tuple(dict.fromkeys(names))
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if value <= 0:
@@ -103,6 +116,7 @@ _VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("DATABASE_URL", "database_url", str),
     ("CHATSVC_DATA_DIR", "data_dir", Path),
     ("CHATSVC_MODEL", "model", str),
+    ("CHATSVC_MODELS", "models", _model_names),
     ("CHATSVC_LLM_API_BASE", "llm_api_base", str),
     ("CHATSVC_LLM_API_KEY", "llm_api_key", str),
     ("CHATSVC_CHECKPOINT_MS", "checkpoint_ms", _positive_int),

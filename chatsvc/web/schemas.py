@@ -217,6 +217,19 @@ class Usage(Out):
     token_limit: int | None = Field(description="Null when unlimited.")
 
 
+class Model(Out):
+    """A model a client may name in a send."""
+
+    id: str = Field(description="A litellm model name, as `model` in a send.")
+    default: bool = Field(description="Whether it answers a send that names no model.")
+
+
+class ModelList(Out):
+    """The models a client may choose (`CHATSVC_MODELS`, or else the default model alone)."""
+
+    items: list[Model]
+
+
 class Health(Out):
     """The service's state: `ok` (alive) or `ready`."""
 

@@ -211,6 +211,7 @@ def test_every_route_answers_as_described(llm_app: AppServer) -> None:
     c.check(alice.post(f"{message}/cancel"))
     c.check(bob.post(f"{message}/cancel"))
     c.check(alice.get("/api/usage"))
+    c.check(alice.get("/api/models"))
 
     # the conversation page
     c.check(browser.post("/api/session", {"token": alice.token}))

@@ -39,9 +39,22 @@ def test_values_are_parsed_and_empty_ones_ignored() -> None:
         ({"CHATSVC_CHECKPOINT_MS": "0"}, "CHATSVC_CHECKPOINT_MS must be at least 1"),
         ({"CHATSVC_LEASE_S": "0.2"}, "CHATSVC_LEASE_S must be at least three"),
         ({"CHATSVC_ORPHAN_POLICY": "retry"}, "CHATSVC_ORPHAN_POLICY must be one of"),
+        ({"CHATSVC_MODELS": "openai/a,,openai/b"}, "CHATSVC_MODELS='openai/a,,openai/b'"),
+        (
+            {"CHATSVC_MODELS": "openai/a"},
+            "CHATSVC_MODEL='chatsvc/offline' is not in CHATSVC_MODELS",
+        ),
     ],
 )
 def test_an_impossible_value_is_refused_by_name(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named.replace("(", r"\(")) as raised:
         Settings.from_env(env)
     assert named in str(raised.value)
+
+
+def test_models_are_a_comma_separated_list_that_includes_the_default() -> None:
+    assert Settings.from_env({}).models == ()
+    settings = Settings.from_env(
+        {"CHATSVC_MODEL": "openai/b", "CHATSVC_MODELS": " openai/a, openai/b ,openai/a"}
+    )
+    assert settings.models == ("openai/a", "openai/b")

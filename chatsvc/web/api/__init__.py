@@ -2,7 +2,7 @@
 
 Each route is declared once with `declare.route`, in the module named after the
 resource it serves: session, projects, conversations, events, messages, streams,
-usage.
+models, usage.
 """
 
 from __future__ import annotations
@@ -25,10 +25,21 @@ from chatsvc.web.api import (  # noqa: E402
     conversations,
     events,
     messages,
+    models,
     projects,
     session,
     streams,
     usage,
 )
 
-__all__ = ["bp", "conversations", "events", "messages", "projects", "session", "streams", "usage"]
+__all__ = [
+    "bp",
+    "conversations",
+    "events",
+    "messages",
+    "models",
+    "projects",
+    "session",
+    "streams",
+    "usage",
+]
