@@ -99,8 +99,12 @@ def _wait_for_committed(client: ApiClient, message_id: str, length: int) -> None
 
 
 def _no_markup_in_messages(page: Page) -> None:
+    """The source text stays text, and its Markdown rendering holds no active element."""
     count = page.evaluate("() => document.querySelectorAll('.message .text *').length")
     assert count == 0, "model or user text became HTML"
+    active = "script, img, svg, iframe, object, embed, style, b, i"
+    found = page.evaluate(f"() => document.querySelectorAll('.message .markdown :is({active})').length")
+    assert found == 0, "model or user text became HTML"
 
 
 def _no_errors(page: Page) -> None:
@@ -146,16 +150,16 @@ def test_direct_url_mid_stream_shows_the_partial_text_then_the_whole_answer(
     assert 60 <= rendered < len(_expected(LONG))
     page.locator(answer).expect("to_have_attribute", "aria-busy", "true")
     page.locator(f"{answer} .status").expect("to_have_text", "streaming")
-    page.locator(f"{answer} >> role=button[name='Stop']").expect("to_be_visible")
+    page.locator("role=button[name='Stop']").expect("to_be_visible")
     page.wait_for_function(TEXT_AT_LEAST, arg=[f"{answer} .text", rendered + 30])
-    page.screenshot(path=str(ARTIFACTS / "conversation-mid-stream.png"))
     assert page.locator(answer).get_attribute("aria-busy") == "true", "not mid-stream"
     assert _expected(LONG).startswith(_text(page, answer))
+    page.screenshot(path=str(ARTIFACTS / "conversation-mid-stream.png"))
     page.locator(answer).expect("to_have_attribute", "aria-busy", "false", timeout=30_000)
     status, content, _ = _row(shared_db, answer_id)
     assert status == "completed" and _text(page, answer) == content == _expected(LONG)
     page.locator(f"{answer} .status").expect("to_have_text", "")
-    assert page.locator("role=button[name='Stop']").count() == 0
+    page.locator("role=button[name='Stop']").expect("to_be_hidden")
     assert page.locator(".message.user .text").text_content() == question
     _no_markup_in_messages(page)
     _no_errors(page)
@@ -203,16 +207,24 @@ def test_stop_cancels_the_answer_and_the_page_shows_errors(
     _send(page, ENDLESS)
     answer_id, answer = _answer(page)
     page.wait_for_function(TEXT_AT_LEAST, arg=[f"{answer} .text", 30])
+    # Send waits, saying why, while an answer streams; the draft stays for later.
     _send(page, "a second question while the first is answered")
-    page.locator("role=alert").expect("to_contain_text", "(stream_active)")
-    assert page.locator("#content").input_value() != "", "the draft is kept after an error"
-    page.locator(f"{answer} >> role=button[name='Stop']").click()
+    page.locator("role=button[name='Send']").expect("to_be_disabled")
+    page.locator("#composer-note").expect("to_contain_text", "An answer is being written")
+    assert page.locator("#content").input_value() != "", "the draft is kept"
+    page.locator("article").expect("to_have_count", 2)
+    stop = page.locator("role=button[name='Stop']")
+    box = stop.bounding_box()
+    page.wait_for_function(TEXT_AT_LEAST, arg=[f"{answer} .text", 300])
+    assert stop.bounding_box() == box, "Stop stays in one place while the answer grows"
+    stop.click()
     page.locator(f"{answer} .status").expect("to_have_text", "cancelled")
     page.locator(answer).expect("to_have_attribute", "aria-busy", "false")
     status, content, _ = _row(shared_db, answer_id)
     assert status == "cancelled" and _text(page, answer) == content
     assert 30 <= len(content) < len(_expected(ENDLESS))
-    assert page.locator("role=button[name='Stop']").count() == 0
+    page.locator("role=button[name='Stop']").expect("to_be_hidden")
+    page.locator("role=button[name='Send']").expect("to_be_enabled")
     # Deleted elsewhere: the stream ends, the reconnect is refused (404), and the page says why.
     assert a.client(token).delete(f"/api/conversations/{conversation['id']}").status_code == 204
     page.locator(".connection").expect("to_have_text", "This conversation no longer exists.")
