@@ -86,7 +86,10 @@ class Driver:
         op = command["op"]
         if op == "open_page":
             return self.open_page(
-                command["context"], command["page"], command.get("viewport"), command.get("timezone")
+                command["context"],
+                command["page"],
+                command.get("viewport"),
+                command.get("timezone"),
             )
         if op == "call":
             return self.call(

@@ -103,7 +103,8 @@ def _no_markup_in_messages(page: Page) -> None:
     count = page.evaluate("() => document.querySelectorAll('.message .text *').length")
     assert count == 0, "model or user text became HTML"
     active = "script, img, svg, iframe, object, embed, style, b, i"
-    found = page.evaluate(f"() => document.querySelectorAll('.message .markdown :is({active})').length")
+    script = f"() => document.querySelectorAll('.message .markdown :is({active})').length"
+    found = page.evaluate(script)
     assert found == 0, "model or user text became HTML"
 
 

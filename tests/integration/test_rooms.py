@@ -120,7 +120,8 @@ def test_project_conversations_reach_every_member_s_room_and_a_join_reopens_it(
         reopened.close()
     carol = ApiClient(app_server.base, make_user(app_server.db_url, "carol"))
     opened = carol.get("/api/events", stream=True)
-    assert opened.status_code == 200 and opened.headers["Content-Type"].startswith("text/event-stream")
+    assert opened.status_code == 200
+    assert opened.headers["Content-Type"].startswith("text/event-stream")
     opened.close()
     assert ApiClient(app_server.base, None).get("/api/events").status_code == 401
 
