@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -32,22 +31,6 @@ TEXT_AT_LEAST = """([selector, n]) => {
     const e = document.querySelector(selector);
     return !!e && Array.from(e.textContent).length >= n;
 }"""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Chromium]:
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser = Chromium()
-    yield browser
-    browser.close()
-
-
-@pytest.fixture
-def context(chromium: Chromium) -> Iterator[str]:
-    """A fresh cookie jar for the test."""
-    name = f"ctx-{uuid.uuid4().hex[:8]}"
-    yield name
-    chromium.close_context(name)
 
 
 def _expected(content: str) -> str:

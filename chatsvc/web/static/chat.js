@@ -929,16 +929,16 @@ function setUpDrawer() {
   const opener = $("[data-action=open-drawer]");
   const backdrop = $(".backdrop");
   const setOpen = (open) => {
-    shell.classList.toggle("drawer-open", open);
+    shell.classList.toggle("drawer-shown", open);
     opener.setAttribute("aria-expanded", String(open));
     backdrop.hidden = !open;
-    if (open) $(".new-chat").focus();
-    else opener.focus();
+    // Focus moves into the drawer and back; never scroll for it (the drawer slides in).
+    (open ? $(".new-chat") : opener).focus({ preventScroll: true });
   };
   opener.addEventListener("click", () => setOpen(true));
   for (const closer of $$("[data-action=close-drawer]")) closer.addEventListener("click", () => setOpen(false));
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && shell.classList.contains("drawer-open")) setOpen(false);
+    if (event.key === "Escape" && shell.classList.contains("drawer-shown")) setOpen(false);
   });
 }
 

@@ -20,25 +20,30 @@ const Markdown = (() => {
     return `<a href="${escape(src)}">${escape(label)}</a>`;
   };
 
-  const SAFE_URL = /^(?:https?:|mailto:|#)/i;
+  // Table alignment arrives as an inline style, which the page's policy forbids: a class instead.
   const ALIGN = /text-align:\s*(left|right|center)/i;
+  md.core.ruler.push("align_class", (state) => {
+    for (const token of state.tokens) {
+      const align = ALIGN.exec(token.attrGet("style") || "");
+      if (!align) continue;
+      token.attrs = token.attrs.filter(([name]) => name !== "style");
+      token.attrJoin("class", `align-${align[1].toLowerCase()}`);
+    }
+  });
+
+  const SAFE_URL = /^(?:https?:|mailto:|#)/i;
   const PURIFY = {
     ALLOWED_TAGS: [
       "a", "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "s", "del",
       "code", "pre", "blockquote", "ul", "ol", "li", "table", "thead", "tbody", "tr", "th", "td",
     ],
-    ALLOWED_ATTR: ["href", "title", "class", "start", "style"],
+    ALLOWED_ATTR: ["href", "title", "class", "start"],
     ALLOWED_URI_REGEXP: SAFE_URL,
     ALLOW_DATA_ATTR: false,
   };
 
   DOMPurify.addHook("uponSanitizeAttribute", (node, data) => {
-    // Table alignment arrives as an inline style, which the page's policy forbids: a class instead.
-    if (data.attrName === "style") {
-      const align = ALIGN.exec(data.attrValue);
-      if (align) node.classList.add(`align-${align[1].toLowerCase()}`);
-      data.keepAttr = false;
-    } else if (data.attrName === "class") {
+    if (data.attrName === "class") {
       data.keepAttr = /^(language-[\w+#.-]+|align-(left|right|center))$/.test(data.attrValue);
     }
   });
