@@ -60,6 +60,7 @@ PAYLOADS = """<script>window.__pwned = "script"</script>
 WIDEST = """() => Array.from(document.querySelectorAll('body *'))
     .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
     .slice(0, 5).map(e => e.tagName + '.' + e.className + ' ' + e.getBoundingClientRect().right)"""
+DRAWER_IN = "() => document.getElementById('sidebar').getBoundingClientRect().x >= 0"
 FOCUSED_NAME = """() => document.activeElement.getAttribute('aria-label')
     || document.activeElement.textContent.trim()"""
 UNSAFE_LINKS = ["plain", "mixed", "entity", "tab", "data", "vb", "picture"]
