@@ -9,7 +9,7 @@ message, e.g. "@fake chunks=40 size=3 delay=0.02 alphabet=mixed fail_after=10":
     delay       seconds between chunks (default 0.01)
     alphabet    ascii | mixed (emoji, ZWJ sequences, CJK, combining marks)
     seed        varies the text (default: the directives themselves)
-    echo        1 to answer with the message's own text before "@fake" (in
+    repeat      1 to answer with the message's own text before "@fake" (in
                 chunks of `size`, `chunks` ignored): scripted Markdown for the page
     fail_after  drop the connection after this many chunks
     hang_after  stop sending (but keep the connection) after this many chunks
@@ -24,6 +24,11 @@ message, e.g. "@fake chunks=40 size=3 delay=0.02 alphabet=mixed fail_after=10":
                 fragments of `size` characters, then answers with its text once
                 the prompt holds the results of `steps` such steps
     steps       how many steps of tool calls before the text (default 1)
+    repeat      when asked to continue a partial answer, first repeat its last N
+                code points (as real models sometimes do at the seam)
+    echo        1: the answer is the prompt itself, as JSON: a list of
+                [role, content] for each message it was sent (so a test can
+                read which messages a prompt held)
     stall_step  the first request for this model call step (of this question)
                 waits before it answers, until `stall` seconds pass (default
                 3600) or `release` is set; later requests for it do not, so a
@@ -87,8 +92,8 @@ def parse_directives(content: str) -> dict[str, str]:
 
 
 def script_text(directives: dict[str, str], question: str = "") -> str:
-    """The full answer the directives describe (for `echo`, of the question they end)."""
-    if directives.get("echo") == "1":
+    """The full answer the directives describe (for `repeat`, of the question they end)."""
+    if directives.get("repeat") == "1":
         return question.split("@fake", 1)[0].strip()
     chunks = int(directives.get("chunks", 20))
     size = int(directives.get("size", 4))
@@ -189,9 +194,13 @@ class FakeLLM:
             finish = "tool_calls"
         else:
             text = script_text(directives, question)
+            if directives.get("echo") == "1":
+                text = json.dumps([[m["role"], m.get("content")] for m in messages])
             if messages and messages[-1]["content"] == CONTINUE_INSTRUCTION:
                 partial = messages[-2]["content"] or ""
                 text = text[len(partial) :] if text.startswith(partial) else text
+                repeat = int(directives.get("repeat", 0))
+                text = (partial[-repeat:] if repeat else "") + text
             deltas += [{"content": chunk} for chunk in split(text, size)]
             finish = "stop"
         start_response("200 OK", [("Content-Type", "text/event-stream")])

@@ -14,6 +14,7 @@ from uuid import UUID
 from gevent.queue import Empty, Full, Queue
 
 from chatsvc.engine.events import (
+    BranchChanged,
     ConversationDeleted,
     Delta,
     Event,
@@ -155,7 +156,7 @@ def _route_keys(event: Event) -> tuple[UUID, ...]:
             | MessageCreated()
         ):
             return (event.message_id, event.conversation_id)
-        case ConversationDeleted():
+        case ConversationDeleted() | BranchChanged():
             return (event.conversation_id,)
         case ProjectEvent():
             return (event.project_id,)

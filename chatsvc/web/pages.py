@@ -107,7 +107,7 @@ def conversation(conversation_id: str) -> str | tuple[str, int]:
         raise NotFound("No such conversation.") from None
     with connection() as conn:
         found = conversations.get_visible(conn, user.id, key)
-        rows = message_rows.in_conversation(conn, key)
+        rows = message_rows.current_branch(conn, key)
         listed = conversations.page(conn, user.id, project_id=None, before=None, limit=PAGE_SIZE)
     older = listed[-1].id if len(listed) == PAGE_SIZE else None
     return render_template(

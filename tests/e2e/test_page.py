@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 DESKTOP = (1280, 800)
 PHONE = (390, 844)
 MODELS = "openai/fake,openai/fake-large"
-ECHO = "\n\n@fake echo=1 size=6 delay=0.03"
+REPEAT = "\n\n@fake repeat=1 size=6 delay=0.03"
 
 LONG_LINE = "print(" + " + ".join(f"'part {i}'" for i in range(40)) + ")"
 MARKDOWN = f"""## Packing list
@@ -143,7 +143,7 @@ def test_markdown_renders_while_streaming_and_after_and_no_payload_runs(
     page = chromium.new_page(context, viewport=DESKTOP)
     _sign_in(page, server.base, user.token or "", f"/c/{conversation['id']}")
     page.locator(".connection").expect("to_have_text", "live")
-    page.locator("#content").fill(MARKDOWN + PAYLOADS + ECHO)
+    page.locator("#content").fill(MARKDOWN + PAYLOADS + REPEAT)
     page.locator("role=button[name='Send']").click()
     answer = _answer(page)
     # While it streams, what has arrived is already Markdown.
@@ -320,7 +320,7 @@ def test_a_phone_a_keyboard_and_the_local_time(
     chromium: Chromium, context: str, server: Instance, user: ApiClient, shared_db: str
 ) -> None:
     conversation = user.conversation(title="On the go")
-    user.wait_terminal(user.send(conversation["id"], MARKDOWN + ECHO)["assistant_message"]["id"])
+    user.wait_terminal(user.send(conversation["id"], MARKDOWN + REPEAT)["assistant_message"]["id"])
     page = chromium.new_page(context, viewport=PHONE, timezone="Asia/Kolkata")
     _sign_in(page, server.base, user.token or "", f"/c/{conversation['id']}")
     page.locator(".connection").expect("to_have_text", "live")
