@@ -229,10 +229,8 @@ def _to_wire(event: Event) -> list[Any]:
             return ["x", str(c)]
         case LeasesReleased():
             return ["r"]
-        case ProjectEvent(p, name, data):
-            return ["p", str(p), name, data]
-        case UserEvent(u, name, data):
-            return ["u", str(u), name, data]
+        case ProjectEvent(key, name, data) | UserEvent(key, name, data):
+            return ["p" if isinstance(event, ProjectEvent) else "u", str(key), name, data]
     raise TypeError(f"not an event: {event!r}")
 
 
@@ -258,10 +256,9 @@ def _from_wire(item: list[Any]) -> Event:
         return ConversationDeleted(UUID(item[1]))
     if kind == "r":
         return LeasesReleased()
-    if kind == "p":
-        return ProjectEvent(UUID(item[1]), item[2], item[3])
-    if kind == "u":
-        return UserEvent(UUID(item[1]), item[2], item[3])
+    if kind in ("p", "u"):
+        room = ProjectEvent if kind == "p" else UserEvent
+        return room(UUID(item[1]), item[2], item[3])
     raise ValueError(f"unknown event kind {kind!r}")
 
 
