@@ -56,6 +56,11 @@ PAYLOADS = """<script>window.__pwned = "script"</script>
 [data](data:text/html;base64,PHNjcmlwdD53aW5kb3cuX19wd25lZD0xPC9zY3JpcHQ+) [vb](vbscript:msgbox)
 ![picture](javascript:window.__pwned='image') <javascript:window.__pwned='auto'>
 """
+# For wait_for_function: the element's text has at least n code points (as offsets count).
+TEXT_AT_LEAST = """([selector, n]) => {
+    const e = document.querySelector(selector);
+    return !!e && Array.from(e.textContent).length >= n;
+}"""
 # The elements that reach past the right edge (to say what widens the page).
 WIDEST = """() => Array.from(document.querySelectorAll('body *'))
     .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
@@ -367,3 +372,82 @@ def test_a_phone_a_keyboard_and_the_local_time(
     outline = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none", "keyboard focus is visible"
     _no_errors(page)
+
+
+def _versions(page: Page, article: str) -> str:
+    label: str = page.locator(f"{article} .version-label").text_content()
+    return label
+
+
+def test_stop_continue_regenerate_edit_and_versions_in_two_tabs(
+    chromium: Chromium, context: str, server: Instance, user: ApiClient, shared_db: str
+) -> None:
+    conversation = user.conversation(title="Versions")
+    page = chromium.new_page(context, viewport=DESKTOP)
+    _sign_in(page, server.base, user.token or "", f"/c/{conversation['id']}")
+    other = chromium.new_page(context, viewport=DESKTOP)
+    other.goto(f"{server.base}/c/{conversation['id']}")
+    for tab in (page, other):
+        tab.locator(".connection").expect("to_have_text", "live")
+    question = "Tell me a long story\n@fake chunks=300 size=3 delay=0.02"
+    page.locator("#content").fill(question)
+    page.locator("#content").press("Enter")
+    answer = _answer(page)
+    page.wait_for_function(TEXT_AT_LEAST, arg=[f"{answer} .text", 60])
+    # Stop pauses the answer; Continue resumes it where it stopped.
+    page.locator("role=button[name='Stop']").click()
+    page.locator(f"{answer} .status").expect("to_have_text", "cancelled")
+    stopped = _row(shared_db, answer)["content"]
+    assert 60 <= len(stopped) < 900
+    page.locator(".hint").expect("to_contain_text", "Continue resumes it")
+    _shoot(page, "stopped")
+    page.locator(f"{answer} >> role=button[name='Continue']").click()
+    page.locator(answer).expect("to_have_attribute", "aria-busy", "true")
+    assert page.locator(f"{answer} .text").text_content().startswith(stopped)
+    _finished(page, answer)
+    row = _row(shared_db, answer)
+    assert row["status"] == "completed" and row["epoch"] == 2
+    assert page.locator(f"{answer} .text").text_content() == row["content"]
+    assert row["content"].startswith(stopped) and len(row["content"]) == 900
+    other.locator(f"{answer}").expect("to_have_attribute", "aria-busy", "false")
+    assert other.locator(f"{answer} .text").text_content() == row["content"]
+    # Regenerate: a second version replaces the first here and in the other tab.
+    page.locator(f"{answer} >> role=button[name='Regenerate']").click()
+    page.locator(answer).expect("to_have_count", 0)
+    second = _answer(page)
+    assert _versions(page, second) == "2 / 2"
+    other.locator(f"{second} .version-label").expect("to_have_text", "2 / 2")
+    other.locator(answer).expect("to_have_count", 0)
+    _finished(page, second)
+    _finished(other, second)
+    page.locator(f"{second} >> role=button[name='Previous version']").click()
+    page.locator(f"{answer} .version-label").expect("to_have_text", "1 / 2")
+    page.locator(second).expect("to_have_count", 0)
+    other.locator(f"{answer} .version-label").expect("to_have_text", "1 / 2")
+    page.locator(f"{answer} >> role=button[name='Next version']").click()
+    page.locator(f"{second} .version-label").expect("to_have_text", "2 / 2")
+    # Edit: the question gets a second version, with its own answer.
+    first_question = page.locator("article.user").get_attribute("id")
+    page.locator("article.user >> role=button[name='Edit']").click()
+    editor = page.locator("article.user form.editor textarea")
+    editor.expect("to_have_value", question)
+    editor.fill("Tell me a short one\n@fake chunks=20 size=3 delay=0.02")
+    _shoot(page, "editing")
+    editor.press("Enter")
+    page.locator(f"#{first_question}").expect("to_have_count", 0)
+    page.locator("article.user .version-label").expect("to_have_text", "2 / 2")
+    page.locator("article.user .text").expect(
+        "to_have_text", "Tell me a short one\n@fake chunks=20 size=3 delay=0.02"
+    )
+    edited_answer = _answer(page)
+    _finished(page, edited_answer)
+    other.locator("article.user .version-label").expect("to_have_text", "2 / 2")
+    other.locator(edited_answer).expect("to_have_attribute", "aria-busy", "false")
+    _shoot(page, "versions-desktop")
+    phone = chromium.new_page(context, viewport=PHONE)
+    phone.goto(f"{server.base}/c/{conversation['id']}")
+    phone.locator("article.user .version-label").expect("to_have_text", "2 / 2")
+    _fits(phone)
+    _shoot(phone, "versions-phone")
+    _no_errors(page)
+    _no_errors(other)
