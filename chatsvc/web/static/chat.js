@@ -207,7 +207,9 @@ class ConversationList {
     try {
       const { items } = await api("GET", "/api/conversations?limit=50");
       const seen = new Set(items.map((c) => c.id));
-      for (const li of $$("li", this.list)) if (!seen.has(li.dataset.id)) li.remove();
+      // A page of older conversations (?before=) keeps its own entries.
+      const newest = !new URLSearchParams(location.search).has("before");
+      if (newest) for (const li of $$("li", this.list)) if (!seen.has(li.dataset.id)) li.remove();
       for (const c of items.slice().reverse()) this.upsert(c.id, c.title, c.is_streaming, true);
     } catch {
       // The room keeps what it has; the next (re)connect reads again.
