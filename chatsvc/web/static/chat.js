@@ -810,10 +810,10 @@ class Conversation {
     const form = document.createElement("form");
     form.className = "editor";
     form.innerHTML =
-      '<label class="visually-hidden">Edited message<textarea name="content" rows="3"></textarea></label>' +
+      '<textarea name="content" rows="3" aria-label="Edited message"></textarea>' +
       '<p class="alert" role="alert" hidden></p>' +
       '<div class="editor-row"><button type="button" class="secondary" data-action="cancel-edit">Cancel</button>' +
-      '<button type="submit">Send</button></div>';
+      '<button type="submit" title="Save this version and get its answer">Save</button></div>';
     const area = form.elements.content;
     area.value = entry.text.textContent;
     entry.markdown.hidden = true;
