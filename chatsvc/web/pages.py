@@ -1,9 +1,9 @@
 """The pages for browsers (docs/page.md): the start page and the conversation page.
 
 A page is rendered from the database on the server, so a direct URL shows the true
-state, including the text so far of an answer still being written; static/chat.js
-then renders it (Markdown), follows the conversation stream from exactly that
-state and keeps the conversation list beside it live from the caller's room.
+state, including the text so far of an answer still being written; the scripts in
+static/ then render it (Markdown), follow the conversation stream from exactly that
+state and keep the conversation list beside it live from the caller's room.
 Pages only read: everything that changes data goes through the JSON API, with
 the session cookie.
 """

@@ -23,6 +23,8 @@ from tests.support import ApiClient, FakeLLMServer, make_user
 pytestmark = pytest.mark.e2e
 
 LONG = "@fake chunks=400 size=3 delay=0.01 alphabet=mixed"
+# Long enough (about 12 s) to be still streaming once a browser has signed in on a busy machine.
+SLOW = "@fake chunks=400 size=3 delay=0.03 alphabet=mixed"
 ENDLESS = "@fake chunks=5000 size=3 delay=0.01"
 PHONE = (390, 844)
 
@@ -123,7 +125,7 @@ def test_direct_url_mid_stream_shows_the_partial_text_then_the_whole_answer(
     a, _ = pair
     client = a.client(token)
     conversation = client.conversation(title="Mid-stream")
-    question = "<img src=x onerror=alert(1)> " + LONG
+    question = "<img src=x onerror=alert(1)> " + SLOW
     answer_id = client.send(conversation["id"], question)["assistant_message"]["id"]
     _wait_for_committed(client, answer_id, 60)
     page = chromium.new_page(context)
@@ -131,17 +133,17 @@ def test_direct_url_mid_stream_shows_the_partial_text_then_the_whole_answer(
     answer = f"#m-{answer_id}"
     # As rendered by the server: the text so far, marked as still being written.
     rendered = int(page.locator(answer).get_attribute("data-length"))
-    assert 60 <= rendered < len(_expected(LONG))
+    assert 60 <= rendered < len(_expected(SLOW))
     page.locator(answer).expect("to_have_attribute", "aria-busy", "true")
     page.locator(f"{answer} .status").expect("to_have_text", "streaming")
     page.locator("role=button[name='Stop']").expect("to_be_visible")
     page.wait_for_function(TEXT_AT_LEAST, arg=[f"{answer} .text", rendered + 30])
     assert page.locator(answer).get_attribute("aria-busy") == "true", "not mid-stream"
-    assert _expected(LONG).startswith(_text(page, answer))
+    assert _expected(SLOW).startswith(_text(page, answer))
     page.screenshot(path=str(ARTIFACTS / "conversation-mid-stream.png"))
     page.locator(answer).expect("to_have_attribute", "aria-busy", "false", timeout=30_000)
     status, content, _ = _row(shared_db, answer_id)
-    assert status == "completed" and _text(page, answer) == content == _expected(LONG)
+    assert status == "completed" and _text(page, answer) == content == _expected(SLOW)
     page.locator(f"{answer} .status").expect("to_have_text", "")
     page.locator("role=button[name='Stop']").expect("to_be_hidden")
     assert page.locator(".message.user .text").text_content() == question
