@@ -9,6 +9,8 @@ message, e.g. "@fake chunks=40 size=3 delay=0.02 alphabet=mixed fail_after=10":
     delay       seconds between chunks (default 0.01)
     alphabet    ascii | mixed (emoji, ZWJ sequences, CJK, combining marks)
     seed        varies the text (default: the directives themselves)
+    say         1 to answer with the message's own text before "@fake" (in
+                chunks of `size`, `chunks` ignored): scripted Markdown for the page
     fail_after  drop the connection after this many chunks
     hang_after  stop sending (but keep the connection) after this many chunks
     usage       0 to send no usage chunk
@@ -95,8 +97,10 @@ def parse_directives(content: str) -> dict[str, str]:
     return directives
 
 
-def script_text(directives: dict[str, str]) -> str:
-    """The full answer the directives describe."""
+def script_text(directives: dict[str, str], question: str = "") -> str:
+    """The full answer the directives describe (for `say`, of the question they end)."""
+    if directives.get("say") == "1":
+        return question.split("@fake", 1)[0].strip()
     chunks = int(directives.get("chunks", 20))
     size = int(directives.get("size", 4))
     rng = random.Random(directives.get("seed", json.dumps(directives, sort_keys=True)))
@@ -199,7 +203,7 @@ class FakeLLM:
             deltas += _call_deltas(calls, step, size)
             finish = "tool_calls"
         else:
-            text = script_text(directives)
+            text = script_text(directives, question)
             if directives.get("echo") == "1":
                 text = json.dumps([[m["role"], m.get("content")] for m in messages])
             if messages and messages[-1]["content"] == CONTINUE_INSTRUCTION:

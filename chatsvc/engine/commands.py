@@ -290,23 +290,44 @@ def _exchange(
     outbox.append(events.MessageCreated(conversation.id, answer.id))
     if moved:
         outbox.append(events.BranchChanged(conversation.id, answer.id))
+    if content is not None:
+        outbox += _titled(conn, conversation, content)
     outbox += _stream_started(conversation, user, answer.id)
     events.send(conn, outbox)
     return Sent(exchange, created=True)
 
 
 def _stream_started(conversation: Conversation, user: User, message_id: UUID) -> list[events.Event]:
-    if conversation.project_id is None:
-        return []
     return [
-        events.project_event(
+        events.room_event(
             conversation.project_id,
+            conversation.user_id,
             "stream.started",
             conversation_id=conversation.id,
             message_id=message_id,
             user_id=user.id,
         )
     ]
+
+
+def _titled(conn: Connection[Any], conversation: Conversation, content: str) -> list[events.Event]:
+    """An untitled conversation takes its title from its first message (never from reasoning)."""
+    if conversation.title:
+        return []
+    title = conversations.name_untitled(conn, conversation.id, content)
+    if title is None:
+        return []
+    return [_updated(conversation, title)]
+
+
+def _updated(conversation: Conversation, title: str) -> events.Event:
+    return events.room_event(
+        conversation.project_id,
+        conversation.user_id,
+        "conversation.updated",
+        conversation_id=conversation.id,
+        title=title,
+    )
 
 
 def _started(rt: Runtime, sent: Sent) -> Sent:
@@ -348,17 +369,27 @@ def create_conversation(
     if project_id is not None:
         projects.get_member_project(conn, user.id, project_id)
     conversation = conversations.create(conn, user.id, project_id, title)
-    if project_id is not None:
-        room_event = events.project_event(
-            project_id,
-            "conversation.created",
-            conversation_id=conversation.id,
-            title=conversation.title,
-            user_id=user.id,
-            created_at=conversation.created_at,
-        )
-        events.send(conn, [room_event])
+    room_event = events.room_event(
+        project_id,
+        user.id,
+        "conversation.created",
+        conversation_id=conversation.id,
+        title=conversation.title,
+        user_id=user.id,
+        created_at=conversation.created_at,
+    )
+    events.send(conn, [room_event])
     return conversation
+
+
+def rename_conversation(
+    conn: Connection[Any], user: User, conversation_id: UUID, title: str
+) -> Conversation:
+    """Rename a conversation the user may see; tell its room."""
+    conversation = conversations.get_visible(conn, user.id, conversation_id)
+    renamed = conversations.rename(conn, conversation.id, title)
+    events.send(conn, [_updated(renamed, renamed.title)])
+    return renamed
 
 
 def delete_conversation(conn: Connection[Any], user: User, conversation_id: UUID) -> None:
@@ -375,12 +406,14 @@ def delete_conversation(conn: Connection[Any], user: User, conversation_id: UUID
         )
     conversations.delete(conn, conversation_id)
     outbox.append(events.ConversationDeleted(conversation_id))
-    if conversation.project_id is not None:
-        outbox.append(
-            events.project_event(
-                conversation.project_id, "conversation.deleted", conversation_id=conversation_id
-            )
+    outbox.append(
+        events.room_event(
+            conversation.project_id,
+            conversation.user_id,
+            "conversation.deleted",
+            conversation_id=conversation_id,
         )
+    )
     events.send(conn, outbox)
 
 
@@ -394,7 +427,10 @@ def add_member(
         raise NotFound(f"No user named {name!r}.")
     added = projects.add_member(conn, project_id, member.id)
     if added:
-        events.send(conn, [events.project_event(project_id, "member.added", user_id=member.id)])
+        joined = events.UserEvent(member.id, "project.joined", {"project_id": str(project_id)})
+        events.send(
+            conn, [events.project_event(project_id, "member.added", user_id=member.id), joined]
+        )
     return projects.get_member_project(conn, user.id, project_id), added
 
 

@@ -102,3 +102,44 @@ DELETE_CONVERSATION = "DELETE FROM conversations WHERE id = %s RETURNING project
 def delete(conn: Connection[Any], conversation_id: UUID) -> bool:
     """Delete a conversation and, by cascade, its messages."""
     return conn.execute(DELETE_CONVERSATION, (conversation_id,)).fetchone() is not None
+
+
+UPDATE_TITLE = f"""
+UPDATE conversations AS c SET title = %(title)s WHERE c.id = %(id)s
+RETURNING {_COLUMNS}
+"""
+
+
+def rename(conn: Connection[Any], conversation_id: UUID, title: str) -> Conversation:
+    """Set a conversation's title (the caller has checked it may)."""
+    cur = conn.cursor(row_factory=class_row(Conversation))
+    row = cur.execute(UPDATE_TITLE, {"id": conversation_id, "title": title}).fetchone()
+    if row is None:
+        raise NotFound("No such conversation.")
+    return row
+
+
+# Only while untitled: of two first sends racing, one names the conversation.
+NAME_UNTITLED = "UPDATE conversations SET title = %s WHERE id = %s AND title = '' RETURNING title"
+
+TITLE_CHARS = 60
+
+
+def title_from(content: str) -> str:
+    """A title from a first message: its words on one line, cut at a word within TITLE_CHARS."""
+    words = " ".join(content.split()).lstrip("#>*-+` ").strip()
+    if len(words) <= TITLE_CHARS:
+        return words
+    cut = words[: TITLE_CHARS - 1]
+    if " " in cut[TITLE_CHARS // 2 :]:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ,.;:") + "…"
+
+
+def name_untitled(conn: Connection[Any], conversation_id: UUID, first_message: str) -> str | None:
+    """Title an untitled conversation after its first message; the new title, or None."""
+    title = title_from(first_message)
+    if not title:
+        return None
+    row = conn.execute(NAME_UNTITLED, (title, conversation_id)).fetchone()
+    return None if row is None else str(row[0])

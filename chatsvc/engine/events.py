@@ -171,6 +171,29 @@ def project_event(project_id: UUID, name: str, **data: Any) -> ProjectEvent:
     return ProjectEvent(project_id, name, {k: _plain(v) for k, v in fields.items()})
 
 
+@dataclass(frozen=True, slots=True)
+class UserEvent:
+    """An event for one user's room about their private conversations (or their memberships)."""
+
+    user_id: UUID
+    name: str
+    data: dict[str, Any]
+
+
+def room_event(
+    project_id: UUID | None, owner_id: UUID, name: str, **data: Any
+) -> ProjectEvent | UserEvent:
+    """A conversation's room event: its project's room, or its owner's for a private one.
+
+    A user's room (GET /api/events) follows both: the user's own key and the
+    rooms of the user's projects, so each event is sent once.
+    """
+    if project_id is not None:
+        return project_event(project_id, name, **data)
+    fields = {"project_id": None, **data}
+    return UserEvent(owner_id, name, {k: _plain(v) for k, v in fields.items()})
+
+
 def _plain(value: Any) -> Any:
     return value if isinstance(value, str | int | None) else jsonio.default(value)
 
@@ -188,6 +211,7 @@ Event = (
     | LeasesReleased
     | AccessRevoked
     | ProjectEvent
+    | UserEvent
 )
 
 
@@ -215,9 +239,9 @@ def _to_wire(event: Event) -> list[Any]:  # noqa: C901
         case LeasesReleased():
             return ["r"]
         case AccessRevoked(u):
-            return ["u", str(u)]
-        case ProjectEvent(p, name, data):
-            return ["p", str(p), name, data]
+            return ["a", str(u)]
+        case ProjectEvent(key, name, data) | UserEvent(key, name, data):
+            return ["p" if isinstance(event, ProjectEvent) else "u", str(key), name, data]
     raise TypeError(f"not an event: {event!r}")
 
 
@@ -243,10 +267,11 @@ def _from_wire(item: list[Any]) -> Event:  # noqa: C901 - one branch per kind
         return ConversationDeleted(UUID(item[1]))
     if kind == "r":
         return LeasesReleased()
-    if kind == "u":
+    if kind == "a":
         return AccessRevoked(UUID(item[1]))
-    if kind == "p":
-        return ProjectEvent(UUID(item[1]), item[2], item[3])
+    if kind in ("p", "u"):
+        room = ProjectEvent if kind == "p" else UserEvent
+        return room(UUID(item[1]), item[2], item[3])
     raise ValueError(f"unknown event kind {kind!r}")
 
 

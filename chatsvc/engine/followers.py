@@ -378,11 +378,17 @@ class ConversationFollower(Follower):
         return super().on_event(event)
 
 
-ROOM_EVENTS = ("conversation.created", "conversation.deleted", "stream.started", "stream.finished")
+ROOM_EVENTS = (
+    "conversation.created",
+    "conversation.updated",
+    "conversation.deleted",
+    "stream.started",
+    "stream.finished",
+)
 
 
 class ProjectFollower(Follower):
-    """A project room: the four room events, for as long as the user stays a member."""
+    """A project room: the five room events, for as long as the user stays a member."""
 
     def __init__(self, sources: Sources) -> None:
         super().__init__(sources)

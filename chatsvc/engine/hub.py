@@ -30,6 +30,7 @@ from chatsvc.engine.events import (
     ReasoningDelta,
     StatusChanged,
     ToolChanged,
+    UserEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,6 @@ def _route_keys(event: Event) -> tuple[UUID, ...]:
             return (event.conversation_id,)
         case ProjectEvent():
             return (event.project_id,)
-        case AccessRevoked():
+        case AccessRevoked() | UserEvent():
             return (event.user_id,)
     return ()

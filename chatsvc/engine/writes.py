@@ -169,12 +169,11 @@ WITH m AS (
         lease_expires_at = NULL
     WHERE m.id = %(id)s AND m.epoch = %(epoch)s AND m.status = 'streaming'
       AND m.content_length = %(length)s
-    RETURNING m.id, m.usage,
-              (SELECT c.project_id FROM conversations c WHERE c.id = m.conversation_id) AS project
+    RETURNING m.id, m.usage, m.conversation_id
 ), chunks AS (
     DELETE FROM message_chunks c USING m WHERE c.message_id = m.id
 )
-SELECT usage, project FROM m
+SELECT m.usage, c.project_id, c.user_id FROM m JOIN conversations c ON c.id = m.conversation_id
 """
 
 
@@ -194,24 +193,21 @@ def finish(conn: Connection[Any], stream: Stream, length: int) -> list[events.Ev
     ).fetchone()
     if row is None:
         return None
-    usage, project_id = row
-    announced: list[events.Event] = [
+    usage, project_id, creator_id = row
+    return [
         events.Finished(
             stream.conversation_id, stream.message_id, ending.status, length, usage, ending.error
-        )
+        ),
+        events.room_event(
+            project_id,
+            creator_id,
+            "stream.finished",
+            conversation_id=stream.conversation_id,
+            message_id=stream.message_id,
+            status=ending.status,
+            content_length=length,
+        ),
     ]
-    if project_id is not None:
-        announced.append(
-            events.project_event(
-                project_id,
-                "stream.finished",
-                conversation_id=stream.conversation_id,
-                message_id=stream.message_id,
-                status=ending.status,
-                content_length=length,
-            )
-        )
-    return announced
 
 
 # Handing streams over on shutdown: no owner, lease expired now, so any live

@@ -112,13 +112,16 @@ class BranchEvent(Event):
     message_ids: list[UUID] = Field(description="The messages of the branch now shown, in order.")
 
 
-# --- the project room -------------------------------------------------------------
+# --- the rooms: a project's, and a user's ------------------------------------------
 
 
 class RoomEvent(Event):
-    """An event of a project room."""
+    """An event of a project room, or of a user's room (GET /api/events)."""
 
-    project_id: UUID
+    project_id: UUID | None = Field(
+        description="The conversation's project; null for a private conversation (those "
+        "appear only in their owner's room)."
+    )
     conversation_id: UUID
 
 
@@ -128,6 +131,12 @@ class ConversationCreated(RoomEvent):
     title: str
     user_id: UUID = Field(description="Who created it.")
     created_at: datetime
+
+
+class ConversationUpdated(RoomEvent):
+    """`event: conversation.updated`: renamed, or titled after its first message."""
+
+    title: str
 
 
 class ConversationDeleted(RoomEvent):
@@ -160,10 +169,13 @@ MESSAGE_EVENTS: dict[str, Any] = {
 CONVERSATION_EVENTS: dict[str, Any] = {"message": Message, "branch": BranchEvent, **MESSAGE_EVENTS}
 PROJECT_EVENTS: dict[str, Any] = {
     "conversation.created": ConversationCreated,
+    "conversation.updated": ConversationUpdated,
     "conversation.deleted": ConversationDeleted,
     "stream.started": StreamStarted,
     "stream.finished": StreamFinished,
 }
+# The user's room carries the same events, for every conversation the user can see.
+USER_EVENTS: dict[str, Any] = PROJECT_EVENTS
 
 # --- WebSocket frames -------------------------------------------------------------
 

@@ -245,6 +245,11 @@ SSE_EXAMPLES = {
         "event: stream.started\n"
         'data: {"project_id":"…","conversation_id":"…","message_id":"…","user_id":"…"}\n\n'
     ),
+    "user_events": (
+        "retry: 1000\n\n"
+        "event: conversation.updated\n"
+        'data: {"project_id":null,"conversation_id":"…","title":"How do I…"}\n\n'
+    ),
 }
 
 WEBSOCKET_DESCRIPTION = doc("""

@@ -1,22 +1,27 @@
-"""The pages for browsers (docs/api.md, "Pages"): the conversation list and the conversation page.
+"""The pages for browsers (docs/page.md): the start page and the conversation page.
 
 A page is rendered from the database on the server, so a direct URL shows the true
-state, including the text so far of an answer still being written; static/chat.js
-then follows the conversation stream from exactly that state. Pages only read:
-everything that changes data goes through the JSON API, with the session cookie.
+state, including the text so far of an answer still being written; the scripts in
+static/ then render it (Markdown), follow the conversation stream from exactly that
+state and keep the conversation list beside it live from the caller's room.
+Pages only read: everything that changes data goes through the JSON API, with
+the session cookie.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from functools import cache
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from flask import Blueprint, Response, render_template, url_for
 
 from chatsvc.engine import conversations
 from chatsvc.engine import messages as message_rows
+from chatsvc.engine.positions import Cursor, Position
 from chatsvc.errors import ApiError, NotFound
 from chatsvc.web import auth, schemas
 from chatsvc.web.context import connection
@@ -44,6 +49,16 @@ def _asset_version(filename: str) -> str:
 def asset_url(filename: str) -> str:
     """A static file's URL, versioned by its content so a deploy is never served stale."""
     return url_for("static", filename=filename, v=_asset_version(filename))
+
+
+@bp.app_template_filter()
+def pretty(value: Any) -> str:
+    """A tool's input or output as a card shows it: text as is, JSON indented."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, ensure_ascii=False)
 
 
 @bp.after_request
@@ -77,7 +92,7 @@ def index() -> str | tuple[str, int]:
     with connection() as conn:
         found = conversations.page(conn, user.id, project_id=None, before=before, limit=PAGE_SIZE)
     older = found[-1].id if len(found) == PAGE_SIZE else None
-    return render_template("index.html", user=user, conversations=found, older=older)
+    return render_template("index.html", user=user, conversations=found, older=older, current=None)
 
 
 @bp.get("/c/<conversation_id>")
@@ -93,8 +108,26 @@ def conversation(conversation_id: str) -> str | tuple[str, int]:
     with connection() as conn:
         found = conversations.get_visible(conn, user.id, key)
         rows = message_rows.current_branch(conn, key)
-    # The stream resumes right after what was rendered: the last message, at its length.
-    cursor = f"{rows[-1].id}:{rows[-1].content_length}" if rows else ""
+        listed = conversations.page(conn, user.id, project_id=None, before=None, limit=PAGE_SIZE)
+    older = listed[-1].id if len(listed) == PAGE_SIZE else None
     return render_template(
-        "conversation.html", user=user, conversation=found, messages=rows, cursor=cursor
+        "conversation.html",
+        user=user,
+        conversation=found,
+        messages=rows,
+        cursor=_cursor(rows),
+        conversations=listed,
+        older=older,
+        current=found.id,
     )
+
+
+def _cursor(rows: list[message_rows.Message]) -> str:
+    """Where the stream resumes: right after what was rendered, every part of the last message."""
+    if not rows:
+        return ""
+    last = rows[-1]
+    position = Position(
+        last.content_length, last.reasoning_length, last.tool_version, last.has_parts
+    )
+    return str(Cursor(last.id, position))

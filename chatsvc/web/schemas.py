@@ -67,6 +67,12 @@ class CreateConversation(Body):
     title: Title | None = None
 
 
+class RenameConversation(Body):
+    """A conversation's new title."""
+
+    title: Text
+
+
 class SendMessage(Body):
     """A message to send; its answer starts streaming."""
 

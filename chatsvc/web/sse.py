@@ -17,6 +17,7 @@ from chatsvc.engine.followers import (
     ProjectFollower,
 )
 from chatsvc.engine.positions import Cursor, Position
+from chatsvc.engine.rooms import UserFollower
 from chatsvc.engine.runtime import Runtime
 from chatsvc.errors import InvalidRequest, Unavailable
 from chatsvc.web.auth import authenticate, current_user
@@ -111,3 +112,9 @@ def project_stream(rt: Runtime, project_id: UUID, user_id: UUID) -> Response:
     """GET /api/projects/{id}/events (the caller checked membership)."""
     follower = ProjectFollower(rt.sources)
     return _respond(follower, follower.open(project_id, user_id))
+
+
+def user_stream(rt: Runtime, user_id: UUID) -> Response:
+    """GET /api/events: the caller's room."""
+    follower = UserFollower(rt.sources)
+    return _respond(follower, follower.open(user_id))

@@ -81,11 +81,19 @@ class Chromium:
             raise BrowserError(f"{reply['error']}\n--- browser console:\n{console}")
         return reply.get("result")
 
-    def new_page(self, context: str = "default", viewport: tuple[int, int] | None = None) -> Page:
-        """A new tab; tabs in one context share cookies, so one sign-in serves them all."""
+    def new_page(
+        self,
+        context: str = "default",
+        viewport: tuple[int, int] | None = None,
+        timezone: str | None = None,
+    ) -> Page:
+        """A new tab; tabs in one context share cookies, so one sign-in serves them all.
+
+        `timezone` (an IANA name) applies to a context's first tab, which creates it.
+        """
         name = f"page{next(self.names)}"
         size = {"width": viewport[0], "height": viewport[1]} if viewport else None
-        self.command("open_page", context=context, page=name, viewport=size)
+        self.command("open_page", context=context, page=name, viewport=size, timezone=timezone)
         return Page(self, name)
 
     def close_context(self, context: str = "default") -> None:

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from tests.conftest import clone_database, database_url, drop_database
+from tests.e2e.browser import ARTIFACTS, Chromium
 from tests.support import ApiClient, FakeLLMServer, make_user
 
 _names = itertools.count()
@@ -200,3 +201,20 @@ def db(pg_server: str, template_db: str) -> Iterator[str]:
 def token(shared_db: str) -> str:
     """A token for a fresh user in the shared database."""
     return make_user(shared_db, f"user{next(_names)}")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Chromium]:
+    """One headless Chromium for a module's browser tests."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser = Chromium()
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def context(chromium: Chromium) -> Iterator[str]:
+    """A fresh cookie jar for the test."""
+    name = f"ctx-{next(_names)}"
+    yield name
+    chromium.close_context(name)

@@ -41,10 +41,17 @@ class Driver:
         self.pages: dict[str, Page] = {}
         self.console: dict[str, list[str]] = {}
 
-    def open_page(self, context: str, page: str, viewport: dict[str, int] | None) -> None:
-        """A new page (tab) in a context, created on first use."""
+    def open_page(
+        self,
+        context: str,
+        page: str,
+        viewport: dict[str, int] | None,
+        timezone: str | None = None,
+    ) -> None:
+        """A new page (tab) in a context, created on first use (in `timezone`, if given)."""
         if context not in self.contexts:
-            self.contexts[context] = self.browser.new_context()
+            options = {"timezone_id": timezone} if timezone else {}
+            self.contexts[context] = self.browser.new_context(**options)
             self.contexts[context].set_default_timeout(DEFAULT_TIMEOUT_MS)
         tab = self.contexts[context].new_page()
         if viewport is not None:
@@ -78,7 +85,12 @@ class Driver:
         """Run one command."""
         op = command["op"]
         if op == "open_page":
-            return self.open_page(command["context"], command["page"], command.get("viewport"))
+            return self.open_page(
+                command["context"],
+                command["page"],
+                command.get("viewport"),
+                command.get("timezone"),
+            )
         if op == "call":
             return self.call(
                 command["page"],

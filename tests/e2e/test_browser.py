@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import gevent
@@ -24,6 +23,8 @@ from tests.support import ApiClient, FakeLLMServer, make_user
 pytestmark = pytest.mark.e2e
 
 LONG = "@fake chunks=400 size=3 delay=0.01 alphabet=mixed"
+# Long enough (about 12 s) to be still streaming once a browser has signed in on a busy machine.
+SLOW = "@fake chunks=400 size=3 delay=0.03 alphabet=mixed"
 ENDLESS = "@fake chunks=5000 size=3 delay=0.01"
 PHONE = (390, 844)
 
@@ -32,22 +33,6 @@ TEXT_AT_LEAST = """([selector, n]) => {
     const e = document.querySelector(selector);
     return !!e && Array.from(e.textContent).length >= n;
 }"""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Chromium]:
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser = Chromium()
-    yield browser
-    browser.close()
-
-
-@pytest.fixture
-def context(chromium: Chromium) -> Iterator[str]:
-    """A fresh cookie jar for the test."""
-    name = f"ctx-{uuid.uuid4().hex[:8]}"
-    yield name
-    chromium.close_context(name)
 
 
 def _expected(content: str) -> str:
@@ -99,8 +84,13 @@ def _wait_for_committed(client: ApiClient, message_id: str, length: int) -> None
 
 
 def _no_markup_in_messages(page: Page) -> None:
+    """The source text stays text, and its Markdown rendering holds no active element."""
     count = page.evaluate("() => document.querySelectorAll('.message .text *').length")
     assert count == 0, "model or user text became HTML"
+    active = "script, img, svg, iframe, object, embed, style, b, i"
+    script = f"() => document.querySelectorAll('.message .markdown :is({active})').length"
+    found = page.evaluate(script)
+    assert found == 0, "model or user text became HTML"
 
 
 def _no_errors(page: Page) -> None:
@@ -135,7 +125,7 @@ def test_direct_url_mid_stream_shows_the_partial_text_then_the_whole_answer(
     a, _ = pair
     client = a.client(token)
     conversation = client.conversation(title="Mid-stream")
-    question = "<img src=x onerror=alert(1)> " + LONG
+    question = "<img src=x onerror=alert(1)> " + SLOW
     answer_id = client.send(conversation["id"], question)["assistant_message"]["id"]
     _wait_for_committed(client, answer_id, 60)
     page = chromium.new_page(context)
@@ -143,19 +133,19 @@ def test_direct_url_mid_stream_shows_the_partial_text_then_the_whole_answer(
     answer = f"#m-{answer_id}"
     # As rendered by the server: the text so far, marked as still being written.
     rendered = int(page.locator(answer).get_attribute("data-length"))
-    assert 60 <= rendered < len(_expected(LONG))
+    assert 60 <= rendered < len(_expected(SLOW))
     page.locator(answer).expect("to_have_attribute", "aria-busy", "true")
     page.locator(f"{answer} .status").expect("to_have_text", "streaming")
-    page.locator(f"{answer} >> role=button[name='Stop']").expect("to_be_visible")
+    page.locator("role=button[name='Stop']").expect("to_be_visible")
     page.wait_for_function(TEXT_AT_LEAST, arg=[f"{answer} .text", rendered + 30])
-    page.screenshot(path=str(ARTIFACTS / "conversation-mid-stream.png"))
     assert page.locator(answer).get_attribute("aria-busy") == "true", "not mid-stream"
-    assert _expected(LONG).startswith(_text(page, answer))
+    assert _expected(SLOW).startswith(_text(page, answer))
+    page.screenshot(path=str(ARTIFACTS / "conversation-mid-stream.png"))
     page.locator(answer).expect("to_have_attribute", "aria-busy", "false", timeout=30_000)
     status, content, _ = _row(shared_db, answer_id)
-    assert status == "completed" and _text(page, answer) == content == _expected(LONG)
+    assert status == "completed" and _text(page, answer) == content == _expected(SLOW)
     page.locator(f"{answer} .status").expect("to_have_text", "")
-    assert page.locator("role=button[name='Stop']").count() == 0
+    page.locator("role=button[name='Stop']").expect("to_be_hidden")
     assert page.locator(".message.user .text").text_content() == question
     _no_markup_in_messages(page)
     _no_errors(page)
@@ -203,16 +193,24 @@ def test_stop_cancels_the_answer_and_the_page_shows_errors(
     _send(page, ENDLESS)
     answer_id, answer = _answer(page)
     page.wait_for_function(TEXT_AT_LEAST, arg=[f"{answer} .text", 30])
+    # Send waits, saying why, while an answer streams; the draft stays for later.
     _send(page, "a second question while the first is answered")
-    page.locator("role=alert").expect("to_contain_text", "(stream_active)")
-    assert page.locator("#content").input_value() != "", "the draft is kept after an error"
-    page.locator(f"{answer} >> role=button[name='Stop']").click()
+    page.locator("role=button[name='Send']").expect("to_be_disabled")
+    page.locator("#composer-note").expect("to_contain_text", "An answer is being written")
+    assert page.locator("#content").input_value() != "", "the draft is kept"
+    page.locator("article").expect("to_have_count", 2)
+    stop = page.locator("role=button[name='Stop']")
+    box = stop.bounding_box()
+    page.wait_for_function(TEXT_AT_LEAST, arg=[f"{answer} .text", 300])
+    assert stop.bounding_box() == box, "Stop stays in one place while the answer grows"
+    stop.click()
     page.locator(f"{answer} .status").expect("to_have_text", "cancelled")
     page.locator(answer).expect("to_have_attribute", "aria-busy", "false")
     status, content, _ = _row(shared_db, answer_id)
     assert status == "cancelled" and _text(page, answer) == content
     assert 30 <= len(content) < len(_expected(ENDLESS))
-    assert page.locator("role=button[name='Stop']").count() == 0
+    page.locator("role=button[name='Stop']").expect("to_be_hidden")
+    page.locator("role=button[name='Send']").expect("to_be_enabled")
     # Deleted elsewhere: the stream ends, the reconnect is refused (404), and the page says why.
     assert a.client(token).delete(f"/api/conversations/{conversation['id']}").status_code == 204
     page.locator(".connection").expect("to_have_text", "This conversation no longer exists.")

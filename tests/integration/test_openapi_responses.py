@@ -182,9 +182,13 @@ def test_every_route_answers_as_described(llm_app: AppServer) -> None:
     c.check(bob.delete(f"{room}/members/bob"))
     c.check(bob.get(f"{room}/events"))
     room_names = ["conversation.created", "stream.started", "stream.finished"]
-    room_names.append("conversation.deleted")
+    room_names += ["conversation.updated", "conversation.deleted"]
     listening = gevent.spawn(
         c.stream, alice, f"{room}/events", lambda names: set(room_names) <= set(names), 90
+    )
+    # Alice's own room hears the same of every conversation she can see.
+    own_room = gevent.spawn(
+        c.stream, alice, "/api/events", lambda names: set(room_names) <= set(names), 90
     )
     gevent.sleep(0.3)
 
@@ -196,6 +200,9 @@ def test_every_route_answers_as_described(llm_app: AppServer) -> None:
     c.check(alice.get("/api/conversations", params={"limit": "x"}))
     c.check(alice.get(conv))
     c.check(bob.get(conv))
+    c.check(alice.request("PATCH", conv, json={"title": "Renamed"}))
+    c.check(alice.request("PATCH", conv, json={"title": ""}))
+    c.check(bob.request("PATCH", conv, json={"title": "Not seen"}))
     send = f"{conv}/messages"
     c.check(alice.post(send, {"content": "x" * 40_000}))
     c.check(alice.post(send, {"content": "hi", "extra": 1}))
@@ -272,6 +279,7 @@ def test_every_route_answers_as_described(llm_app: AppServer) -> None:
     c.check(alice.delete(conv))
     c.check(alice.delete(conv))
     assert set(room_names) <= set(listening.get(timeout=20))
+    assert set(room_names) <= set(own_room.get(timeout=20))
 
     # the WebSocket: its server frames as described
     ws = WsClient(base)

@@ -61,11 +61,18 @@ def _articles(page: str) -> list[dict[str, Any]]:
                 "raw": raw.group(1),
                 "text": html.unescape(raw.group(1)),
                 "status_label": status.group(1),
-                "stop": 'data-action="stop"' in match.group(2),
+                "stop": 'data-action="stop"' in match.group(2),  # Stop is in the composer
                 "error": re.search(r'<p class="error"[^>]*>(.*?)</p>', match.group(2), re.S),
             }
         )
     return found
+
+
+def _stop_shown(page: str) -> bool:
+    """Whether the composer's Stop button is rendered visible."""
+    button = re.search(r'<button type="button" class="stop" data-action="stop"([^>]*)>', page)
+    assert button is not None
+    return " hidden" not in button.group(1)
 
 
 def _rendered(page: str) -> list[dict[str, Any]]:
@@ -97,7 +104,7 @@ def test_without_a_session_pages_ask_for_a_token(llm_app: AppServer, path: str) 
 def test_a_bearer_token_opens_the_pages_too(user: ApiClient, llm_app: AppServer) -> None:
     conversation = user.conversation(title="by token")
     page = _page(user.session, f"{llm_app.base}/c/{conversation['id']}")  # sends Bearer
-    assert "<h1>by token</h1>" in page and 'id="token"' not in page
+    assert ">by token</h1>" in page and 'id="token"' not in page
     wrong = requests.Session()
     wrong.headers["Authorization"] = "Bearer csk_wrong"
     assert 'id="token"' in _page(wrong, f"{llm_app.base}/c/{conversation['id']}")
@@ -121,11 +128,12 @@ def test_index_lists_conversations_with_the_streaming_ones(
     busy = user.conversation(title="busy")
     answer = user.send(busy["id"], LONG)["assistant_message"]
     page = _page(_browser(user), llm_app.base + "/")
-    assert f'href="/c/{quiet["id"]}">&lt;script&gt;alert(1)&lt;/script&gt;</a>' in page
-    busy_item = page.split(f'href="/c/{busy["id"]}"')[1].split("</li>")[0]
-    assert '<span class="badge streaming">streaming</span>' in busy_item
-    quiet_item = page.split(f'href="/c/{quiet["id"]}"')[1].split("</li>")[0]
-    assert "streaming" not in quiet_item
+    quiet_item = page.split(f'<li class="conv" data-id="{quiet["id"]}"')[1].split("</li>")[0]
+    assert '<span class="conv-title">&lt;script&gt;alert(1)&lt;/script&gt;</span>' in quiet_item
+    assert f'href="/c/{quiet["id"]}"' in quiet_item
+    assert quiet_item.startswith(' data-streaming="false"')
+    busy_item = page.split(f'<li class="conv" data-id="{busy["id"]}"')[1].split("</li>")[0]
+    assert busy_item.startswith(' data-streaming="true"')
     assert 'data-form="new-conversation"' in page
     user.post(f"/api/messages/{answer['id']}/cancel")
 
@@ -143,7 +151,7 @@ def test_conversation_page_renders_an_answer_mid_stream(
     assert question["aria-busy"] == "false" and question["status_label"] == ""
     assert answer["id"] == f"m-{answer_id}" and answer["data-status"] == "streaming"
     assert answer["aria-busy"] == "true" and answer["status_label"] == "streaming"
-    assert answer["stop"]
+    assert _stop_shown(page) and not answer["stop"]
     expected = script_text(parse_directives(LONG))
     assert 60 <= int(answer["data-length"]) == len(answer["text"]) < len(expected)
     assert expected.startswith(answer["text"])  # the committed text so far, exactly
@@ -171,6 +179,7 @@ def test_terminal_answers_show_their_status(user: ApiClient, llm_app: AppServer)
             (conversation["id"], completed["id"], conversation["id"]),
         )
     page = _page(_browser(user), f"{llm_app.base}/c/{conversation['id']}")
+    assert not _stop_shown(page)
     answers = [a for a in _rendered(page) if a["role"] == "assistant"]
     labels = [(a["data-status"], a["status_label"], a["aria-busy"], a["stop"]) for a in answers]
     assert labels == [
@@ -186,7 +195,7 @@ def test_terminal_answers_show_their_status(user: ApiClient, llm_app: AppServer)
 
 def test_static_files_are_served(llm_app: AppServer) -> None:
     page = _page(requests.Session(), llm_app.base + "/")
-    for name in ("chat.js", "chat.css"):
+    for name in ("chat.js", "chat.css", "markdown.js", "vendor/markdown-it.min.js"):
         url = re.search(rf'(/static/{name}\?v=\w+)"', page)
         assert url is not None, name
         assert requests.get(llm_app.base + url.group(1), timeout=10).status_code == 200

@@ -22,6 +22,7 @@ from chatsvc.engine.events import (
     ReasoningDelta,
     StatusChanged,
     ToolChanged,
+    UserEvent,
 )
 
 C, M, P = uuid4(), uuid4(), uuid4()
@@ -62,6 +63,7 @@ EVERY_KIND: list[Event] = [
     LeasesReleased(),
     AccessRevoked(P),
     events.project_event(P, "stream.started", conversation_id=C, message_id=M, user_id=None),
+    events.room_event(None, P, "conversation.updated", conversation_id=C, title="Hi"),
 ]
 
 
@@ -75,6 +77,14 @@ def test_a_project_event_carries_its_data_as_plain_json() -> None:
     assert event == ProjectEvent(
         P, "stream.finished", {"project_id": str(P), "message_id": str(M), "status": "x"}
     )
+
+
+def test_a_private_conversation_s_room_event_goes_to_its_owner() -> None:
+    owner = uuid4()
+    (event,) = _round_trip([events.room_event(None, owner, "stream.started", message_id=M)])
+    assert event == UserEvent(owner, "stream.started", {"project_id": None, "message_id": str(M)})
+    shared = events.room_event(P, owner, "stream.started", message_id=M)
+    assert isinstance(shared, ProjectEvent) and shared.project_id == P
 
 
 def test_many_events_keep_their_order_across_payloads_all_under_the_limit() -> None:

@@ -11,7 +11,7 @@ from openapi_spec_validator import validate
 
 from chatsvc.engine.followers import ROOM_EVENTS
 from chatsvc.web import api, health
-from chatsvc.web.event_schemas import PROJECT_EVENTS
+from chatsvc.web.event_schemas import PROJECT_EVENTS, USER_EVENTS
 from chatsvc.web.openapi import document
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
@@ -70,6 +70,15 @@ def test_api_routes_declare_their_security(spec: dict[str, Any]) -> None:
                 assert security == [], (path, method)
 
 
+ROOM = {
+    "conversation.created",
+    "conversation.updated",
+    "conversation.deleted",
+    "stream.started",
+    "stream.finished",
+}
+
+
 def test_sse_routes_declare_their_events(spec: dict[str, Any]) -> None:
     streams = {
         "/api/messages/{message_id}/stream": {"delta", "reasoning", "tool", "status", "done"},
@@ -82,12 +91,8 @@ def test_sse_routes_declare_their_events(spec: dict[str, Any]) -> None:
             "status",
             "done",
         },
-        "/api/projects/{project_id}/events": {
-            "conversation.created",
-            "conversation.deleted",
-            "stream.started",
-            "stream.finished",
-        },
+        "/api/projects/{project_id}/events": ROOM,
+        "/api/events": ROOM,
     }
     for path, names in streams.items():
         content = spec["paths"][path]["get"]["responses"]["200"]["content"]
@@ -95,4 +100,4 @@ def test_sse_routes_declare_their_events(spec: dict[str, Any]) -> None:
 
 
 def test_the_room_events_declared_are_the_ones_the_follower_sends() -> None:
-    assert set(PROJECT_EVENTS) == set(ROOM_EVENTS)
+    assert set(PROJECT_EVENTS) == set(USER_EVENTS) == set(ROOM_EVENTS)

@@ -1,8 +1,8 @@
 """The JSON API under /api (docs/api.md), one module per resource.
 
 Each route is declared once with `declare.route`, in the module named after the
-resource it serves: session, projects, conversations, messages, streams, models,
-usage, and chat (the AI SDK transport).
+resource it serves: session, projects, conversations, events, messages, streams,
+models, usage, and chat (the AI SDK transport).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def _authenticate() -> None:
 from chatsvc.web.api import (  # noqa: E402
     chat,
     conversations,
+    events,
     messages,
     models,
     projects,
@@ -36,6 +37,7 @@ __all__ = [
     "bp",
     "chat",
     "conversations",
+    "events",
     "messages",
     "models",
     "projects",

@@ -1,4 +1,4 @@
-"""Conversations: create, list, read, delete, send a message, status, cancel, and the stream."""
+"""Conversations: create, list, read, rename, delete, send, status, cancel, and the stream."""
 
 from __future__ import annotations
 
@@ -79,6 +79,20 @@ def get_conversation(conversation_id: UUID) -> schemas.ConversationWithMessages:
         rows = message_rows.current_branch(conn, conversation_id)
     summary = schemas.Conversation.model_validate(conversation)
     return schemas.ConversationWithMessages(**dict(summary), messages=rows)
+
+
+@route(
+    bp,
+    "PATCH",
+    "/conversations/<uuid:conversation_id>",
+    body=schemas.RenameConversation,
+    response=schemas.Conversation,
+    errors=(NotFound,),
+)
+def rename_conversation(conversation_id: UUID, body: schemas.RenameConversation) -> Conversation:
+    """Rename a conversation; its room hears `conversation.updated`."""
+    with connection() as conn:
+        return commands.rename_conversation(conn, current_user(), conversation_id, body.title)
 
 
 @route(bp, "DELETE", "/conversations/<uuid:conversation_id>", status=204, errors=(NotFound,))

@@ -1,20 +1,21 @@
-// chatsvc's pages: sign in, start a conversation, follow one live.
-//
-// The server renders a conversation as the database has it; this script continues
-// from exactly that state over the conversation stream. It places text by offset
-// (in code points, as the server counts), ignoring what it already shows and
-// asking the server to fill any gap, so text is never duplicated or lost across
-// reconnects. User and model text only ever goes through textContent, never HTML.
+// chatsvc's pages: the helpers every page uses (the API, forms, times, models), the
+// start page, the drawer, and setting each page up. Loaded last: list.js
+// (ConversationList) and conversation.js (Conversation) come before it and use
+// these helpers once the page runs them. User and model text never becomes HTML
+// here: it is set as text, and rendered only by markdown.js.
 "use strict";
 
 const $ = (selector, root = document) => root.querySelector(selector);
+const $$ = (selector, root = document) => Array.from(root.querySelectorAll(selector));
+const codePoints = (text) => Array.from(text).length;
 
 // --- the API ---------------------------------------------------------------------
 
 class ApiError extends Error {
-  constructor(message, status) {
+  constructor(message, status, code) {
     super(message);
     this.status = status;
+    this.code = code;
   }
 }
 
@@ -33,7 +34,7 @@ async function api(method, path, body) {
   if (!response.ok) {
     const error = data && data.error;
     const message = error ? `${error.message} (${error.code})` : `The server answered ${response.status}.`;
-    throw new ApiError(message, response.status);
+    throw new ApiError(message, response.status, error?.code);
   }
   return data;
 }
@@ -49,7 +50,8 @@ function onSubmit(form, action) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const button = $("button[type=submit]", form);
-    if (button.disabled) return;
+    if (button.disabled || form.dataset.busy) return;
+    form.dataset.busy = "1";
     button.disabled = true;
     showAlert(form, null);
     try {
@@ -57,9 +59,28 @@ function onSubmit(form, action) {
     } catch (error) {
       showAlert(form, error);
     } finally {
+      delete form.dataset.busy;
       button.disabled = false;
+      form.dispatchEvent(new Event("settled"));
     }
   });
+}
+
+// Enter sends, Shift+Enter (or an input method composing) makes a new line.
+function enterSends(textarea, form) {
+  textarea.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  // The box grows with its text, up to a limit (then it scrolls).
+  const fit = () => {
+    textarea.style.height = "auto";
+    textarea.style.height = `${Math.min(textarea.scrollHeight + 2, 240)}px`;
+  };
+  textarea.addEventListener("input", fit);
+  return fit;
 }
 
 function newId() {
@@ -69,212 +90,134 @@ function newId() {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-// --- a conversation, live ----------------------------------------------------------
+// Times as the browser's time zone has them (the server writes UTC).
+const TIME = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+const FULL = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "long" });
 
-class Conversation {
-  constructor(section) {
-    this.id = section.dataset.conversationId;
-    this.list = $(".messages", section);
-    this.empty = $(".empty", section);
-    this.form = $("[data-form=send]", section);
-    this.template = $("#message-template");
-    this.connection = $(".connection");
-    this.messages = new Map(); // id -> {article, text, length}
-    for (const article of this.list.querySelectorAll("article")) this.track(article);
-    this.retryDelay = 1000;
-    this.handlers = {
-      message: (m) => this.onMessage(m),
-      delta: (d) => this.onDelta(d),
-      status: (s) => this.onStatus(s),
-      done: (d) => this.onDone(d),
-    };
-    this.setUpComposer();
-    this.list.addEventListener("click", (event) => {
-      const button = event.target.closest("[data-action=stop]");
-      if (button) this.stop(button);
-    });
-    this.connect(section.dataset.cursor);
-  }
-
-  track(article) {
-    const entry = { article, text: $(".text", article), length: Number(article.dataset.length) };
-    this.messages.set(article.dataset.id, entry);
-    return entry;
-  }
-
-  // The position right after what the page shows: the last message, at its length.
-  cursor(id = this.list.lastElementChild?.dataset.id) {
-    return id ? `${id}:${this.messages.get(id).length}` : "";
-  }
-
-  connect(cursor) {
-    const query = cursor ? `?last_event_id=${encodeURIComponent(cursor)}` : "";
-    const source = new EventSource(`/api/conversations/${this.id}/stream${query}`);
-    this.source = source;
-    for (const [name, handle] of Object.entries(this.handlers)) {
-      source.addEventListener(name, (event) => this.keepScrolled(() => handle(JSON.parse(event.data))));
-    }
-    source.addEventListener("open", () => {
-      this.connection.textContent = "live";
-      this.retryDelay = 1000;
-      this.checkStreaming();
-    });
-    // While CONNECTING the browser retries by itself, sending Last-Event-ID. It gives
-    // up (CLOSED) on an HTTP error: 404 once the conversation is deleted, 401 once
-    // signed out, a proxy's 502 while the server restarts.
-    source.addEventListener("error", () => {
-      this.connection.textContent = "reconnecting…";
-      if (source.readyState === EventSource.CLOSED) this.reconnectLater();
-    });
-  }
-
-  // Asks the server to send again from where the page is (it fills any gap from the database).
-  resync(cursor) {
-    this.source.close();
-    this.connect(cursor);
-  }
-
-  async reconnectLater() {
-    await sleep(this.retryDelay);
-    this.retryDelay = Math.min(this.retryDelay * 2, 15000);
-    const probe = await fetch(`/api/conversations/${this.id}/status`).catch(() => null);
-    if (probe?.status === 404) {
-      this.connection.textContent = "This conversation no longer exists.";
-    } else if (probe?.status === 401) {
-      this.connection.textContent = "Signed out: reload the page to sign in.";
-    } else {
-      this.connect(this.cursor());
-    }
-  }
-
-  // A stream resumed at `<id>:<length>` of an answer that ended exactly there has
-  // nothing to send, not even `done` (the position cannot tell whether `done` was
-  // seen). So on every (re)connect, ask for the true state of what still shows as
-  // streaming; a `done` that also arrives changes nothing.
-  async checkStreaming() {
-    for (const [id, entry] of this.messages) {
-      if (entry.article.dataset.status !== "streaming") continue;
-      try {
-        const message = await api("GET", `/api/messages/${id}`);
-        if (message.status !== "streaming") this.keepScrolled(() => this.onMessage(message));
-      } catch {
-        // The stream reports what this could not.
-      }
-    }
-  }
-
-  onMessage(m) {
-    const entry = this.messages.get(m.id) || this.add(m);
-    // The position is counted from the text itself, not taken from content_length: a
-    // message read while a checkpoint commits can say more than its content holds.
-    const length = Array.from(m.content).length;
-    if (length > entry.length) {
-      entry.text.textContent = m.content;
-      entry.length = length;
-    }
-    this.setStatus(entry, m.status, m.error);
-  }
-
-  onDelta(d) {
-    const entry = this.messages.get(d.message_id);
-    if (!entry) return this.resync(this.cursor());
-    const chars = Array.from(d.text); // code points, as offsets count them
-    const end = d.offset + chars.length;
-    if (end <= entry.length) return; // already shown
-    if (d.offset > entry.length) return this.resync(this.cursor(d.message_id));
-    const text = chars.slice(entry.length - d.offset).join("");
-    const last = entry.text.lastChild;
-    if (last && last.nodeType === Node.TEXT_NODE) last.appendData(text);
-    else entry.text.append(text);
-    entry.length = end;
-  }
-
-  onStatus(s) {
-    const entry = this.messages.get(s.message_id);
-    if (entry && s.resumed && entry.article.dataset.status === "streaming") {
-      $(".status", entry.article).textContent = "streaming (resumed)";
-    }
-  }
-
-  onDone(d) {
-    const entry = this.messages.get(d.message_id);
-    if (!entry) return;
-    if (d.content_length > entry.length) return this.resync(this.cursor(d.message_id));
-    this.setStatus(entry, d.status, d.error);
-  }
-
-  add(m) {
-    const article = this.template.content.firstElementChild.cloneNode(true);
-    article.id = `m-${m.id}`;
-    article.dataset.id = m.id;
-    article.classList.replace("assistant", m.role);
-    $(".author", article).textContent = m.role === "user" ? "You" : "Assistant";
-    this.list.append(article);
-    this.empty.hidden = true;
-    return this.track(article);
-  }
-
-  setStatus(entry, status, error) {
-    const article = entry.article;
-    if (article.dataset.status !== "streaming") return; // a finished message never changes
-    article.dataset.status = status;
-    if (status === "streaming") return;
-    article.setAttribute("aria-busy", "false");
-    $(".status", article).textContent = status === "completed" ? "" : status;
-    $(".stop", article)?.remove();
-    const line = $(".error", article);
-    line.textContent = error || "";
-    line.hidden = !error;
-  }
-
-  // Follows new text to the bottom of the page, unless the reader scrolled up.
-  keepScrolled(change) {
-    const root = document.documentElement;
-    const atBottom = root.scrollHeight - (window.scrollY + window.innerHeight) < 48;
-    change();
-    if (atBottom) window.scrollTo(0, root.scrollHeight);
-  }
-
-  async stop(button) {
-    button.disabled = true;
-    try {
-      const message = await api("POST", `/api/messages/${button.closest("article").dataset.id}/cancel`);
-      if (message.status !== "streaming") this.onMessage(message); // it had already ended
-    } catch (error) {
-      button.disabled = false;
-      showAlert(this.form, error);
-    }
-  }
-
-  setUpComposer() {
-    const form = this.form;
-    const content = form.elements.content;
-    // One id per draft: sending it again (after a lost response) cannot send it twice.
-    content.addEventListener("input", () => delete form.dataset.clientMessageId);
-    content.addEventListener("keydown", (event) => {
-      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-        event.preventDefault();
-        form.requestSubmit();
-      }
-    });
-    onSubmit(form, async () => {
-      if (!content.value.trim()) throw new ApiError("Write a message first.", 0);
-      form.dataset.clientMessageId ||= newId();
-      const sent = await api("POST", `/api/conversations/${this.id}/messages`, {
-        content: content.value,
-        client_message_id: form.dataset.clientMessageId,
-      });
-      delete form.dataset.clientMessageId;
-      content.value = "";
-      this.keepScrolled(() => {
-        this.onMessage(sent.user_message);
-        this.onMessage(sent.assistant_message);
-      });
-    });
-  }
+function localTime(element, iso) {
+  if (iso) element.setAttribute("datetime", iso);
+  const value = element.getAttribute("datetime");
+  if (!value) return;
+  const date = new Date(value);
+  element.textContent = TIME.format(date);
+  element.title = FULL.format(date);
 }
 
-// --- the other pages ----------------------------------------------------------------
+async function copyText(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    const area = Object.assign(document.createElement("textarea"), { value: text });
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  const label = button.lastChild;
+  const was = label.textContent;
+  label.textContent = "Copied";
+  setTimeout(() => (label.textContent = was), 1500);
+}
+
+// --- models ------------------------------------------------------------------------
+
+const MODEL_KEY = "chatsvc.model";
+
+async function setUpModelPicker() {
+  const select = $("#model");
+  if (!select) return null;
+  try {
+    const { items } = await api("GET", "/api/models");
+    const saved = localStorage.getItem(MODEL_KEY);
+    select.replaceChildren(
+      ...items.map((m) => {
+        const option = new Option(m.id, m.id, false, saved ? m.id === saved : m.default);
+        if (m.default) option.dataset.default = "true";
+        return option;
+      }),
+    );
+    if (!items.some((m) => m.id === select.value)) select.value = items.find((m) => m.default)?.id;
+    select.disabled = false;
+    select.addEventListener("change", () => localStorage.setItem(MODEL_KEY, select.value));
+  } catch {
+    // The default model answers; the picker stays as it is.
+  }
+  return select;
+}
+
+function chosenModel() {
+  const value = $("#model")?.value;
+  return value ? value : undefined;
+}
+
+// --- shared by the list and the conversation ------------------------------------
+
+const ICONS = {
+  rename: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 20h4L19 9l-4-4L4 16v4zM14 6l4 4"/></svg>',
+  delete: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M5 7h14M10 7V4h4v3M7 7l1 13h8l1-13"/></svg>',
+  copy: '<svg viewBox="0 0 24 24" aria-hidden="true"><rect x="9" y="9" width="11" height="11" rx="2"/><path d="M5 15V5a1 1 0 0 1 1-1h9"/></svg>',
+  regenerate: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M20 11a8 8 0 1 0-2.3 5.7M20 5v6h-6"/></svg>',
+  edit: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M4 20h4L19 9l-4-4L4 16v4zM14 6l4 4"/></svg>',
+  continue: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M8 5v14l11-7z"/></svg>',
+  prev: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M15 6l-6 6 6 6"/></svg>',
+  next: '<svg viewBox="0 0 24 24" aria-hidden="true"><path d="M9 6l6 6-6 6"/></svg>',
+};
+
+const untitled = (title) => title || "New conversation";
+
+const TOOL_STATES = {
+  "input-streaming": "preparing",
+  "input-available": "running",
+  "output-available": "done",
+  "output-error": "failed",
+};
+
+function pretty(value) {
+  if (value === undefined || value === null) return "";
+  return typeof value === "string" ? value : JSON.stringify(value, null, 2);
+}
+
+// --- the start page ----------------------------------------------------------------
+
+function setUpStart(form) {
+  const content = form.elements.content;
+  enterSends(content, form);
+  onSubmit(form, async () => {
+    const title = form.elements.title.value.trim();
+    const created = await api("POST", "/api/conversations", title ? { title } : {});
+    if (content.value.trim()) {
+      await api("POST", `/api/conversations/${created.id}/messages`, {
+        content: content.value,
+        model: chosenModel(),
+        client_message_id: newId(),
+      });
+    }
+    location.assign(`/c/${created.id}`);
+  });
+}
+
+// --- the drawer (phone widths) -------------------------------------------------------
+
+function setUpDrawer() {
+  const shell = $(".shell");
+  if (!shell) return;
+  const opener = $("[data-action=open-drawer]");
+  const backdrop = $(".backdrop");
+  const setOpen = (open) => {
+    shell.classList.toggle("drawer-shown", open);
+    opener.setAttribute("aria-expanded", String(open));
+    backdrop.hidden = !open;
+    // Focus moves into the drawer and back; never scroll for it (the drawer slides in).
+    (open ? $(".new-chat") : opener).focus({ preventScroll: true });
+  };
+  opener.addEventListener("click", () => setOpen(true));
+  for (const closer of $$("[data-action=close-drawer]")) closer.addEventListener("click", () => setOpen(false));
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && shell.classList.contains("drawer-shown")) setOpen(false);
+  });
+}
+
+// --- the pages ----------------------------------------------------------------------
 
 function setUp() {
   const signIn = $("[data-form=sign-in]");
@@ -284,19 +227,28 @@ function setUp() {
       location.reload(); // the server now renders the page this URL names
     });
   }
-  const start = $("[data-form=new-conversation]");
-  if (start) {
-    onSubmit(start, async () => {
-      const created = await api("POST", "/api/conversations", { title: start.elements.title.value.trim() });
-      location.assign(`/c/${created.id}`);
-    });
-  }
   $("[data-action=sign-out]")?.addEventListener("click", async () => {
     await api("DELETE", "/api/session").catch(() => {});
     location.assign("/");
   });
+  setUpDrawer();
+  setUpModelPicker();
+  const start = $("[data-form=new-conversation]");
+  if (start) setUpStart(start);
   const section = $(".conversation");
-  if (section) new Conversation(section);
+  const conversation = section ? new Conversation(section) : null;
+  const listElement = $("[data-live-list]");
+  if (listElement) {
+    const list = new ConversationList(listElement, conversation?.id);
+    if (conversation) {
+      const heading = $("[data-conversation-title]");
+      list.onTitle = (title) => {
+        heading.textContent = untitled(title);
+        document.title = `${untitled(title)} · chatsvc`;
+      };
+      list.onDeleted = () => conversation.gone();
+    }
+  }
 }
 
 setUp();
