@@ -219,11 +219,13 @@ def show(conversation_id: UUID) -> None:
         status = stream_status.conversation_status(conn, conversation_id)
         if status is None:
             raise click.ClickException(f"no conversation {conversation_id}")
-        rows = messages.in_conversation(conn, conversation_id)
+        rows = messages.current_branch(conn, conversation_id)
     state = "streaming" if status.is_streaming else "idle"
     click.echo(f"conversation {conversation_id}: {state}")
     for m in rows:
         extra = f" epoch={m.epoch}" if m.role == "assistant" else ""
+        if len(m.sibling_ids) > 1:
+            extra += f" version {m.sibling_ids.index(m.id) + 1}/{len(m.sibling_ids)}"
         if m.error:
             extra += f" error={m.error!r}"
         if m.reasoning_length:

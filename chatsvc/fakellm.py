@@ -22,6 +22,11 @@ message, e.g. "@fake chunks=40 size=3 delay=0.02 alphabet=mixed fail_after=10":
                 fragments of `size` characters, then answers with its text once
                 the prompt holds the results of `steps` such steps
     steps       how many steps of tool calls before the text (default 1)
+    repeat      when asked to continue a partial answer, first repeat its last N
+                code points (as real models sometimes do at the seam)
+    echo        1: the answer is the prompt itself, as JSON: a list of
+                [role, content] for each message it was sent (so a test can
+                read which messages a prompt held)
     stall_step  the first request for this model call step (of this question)
                 waits before it answers, until `stall` seconds pass (default
                 3600) or `release` is set; later requests for it do not, so a
@@ -185,9 +190,13 @@ class FakeLLM:
             finish = "tool_calls"
         else:
             text = script_text(directives)
+            if directives.get("echo") == "1":
+                text = json.dumps([[m["role"], m.get("content")] for m in messages])
             if messages and messages[-1]["content"] == CONTINUE_INSTRUCTION:
                 partial = messages[-2]["content"] or ""
                 text = text[len(partial) :] if text.startswith(partial) else text
+                repeat = int(directives.get("repeat", 0))
+                text = (partial[-repeat:] if repeat else "") + text
             deltas += [{"content": chunk} for chunk in split(text, size)]
             finish = "stop"
         start_response("200 OK", [("Content-Type", "text/event-stream")])

@@ -6,7 +6,7 @@ import codecs
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gevent
@@ -130,6 +130,12 @@ class ApiClient:
         if body is not None:
             kwargs["json"] = body
         return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, body: Any = None, **kwargs: Any) -> requests.Response:
+        """PUT a JSON body."""
+        if body is not None:
+            kwargs["json"] = body
+        return self.request("PUT", path, **kwargs)
 
     def delete(self, path: str, **kwargs: Any) -> requests.Response:
         """DELETE."""
@@ -259,6 +265,7 @@ def follow_message(
     parts: bool = False,
     drop_after: Any = None,
     distinct_tools: bool = False,
+    resume: FollowResult | None = None,
 ) -> FollowResult:
     """Follow a message to `done` like EventSource: on any disconnect, reconnect with
     Last-Event-ID, to the next base URL that answers. Asserts no gap and no overlap.
@@ -268,8 +275,10 @@ def follow_message(
     id of the last event of any kind. `drop_after()`, when given, is how many events
     to read before dropping each connection, as a flaky network would. With
     `distinct_tools` it asserts no call's state comes twice in a row (true while no
-    takeover re-sends a call: that is a new change with the same visible state)."""
-    result = FollowResult()
+    takeover re-sends a call: that is a new change with the same visible state). With
+    `resume`, it reconnects as the client that saw that result would (after a `done`,
+    to read on from where it was once the answer is continued)."""
+    result = FollowResult() if resume is None else replace(resume, done=None, statuses=[])
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
     deadline = gevent.Timeout(max_seconds, AssertionError(f"no done: {result}"))

@@ -21,6 +21,7 @@ from chatsvc import logs, metrics
 from chatsvc.config import OFFLINE_MODEL, Settings
 from chatsvc.engine import builtin_tools, history, ledger, llm, prompts
 from chatsvc.engine.checkpoint import Checkpointer
+from chatsvc.engine.continuation import Seam
 from chatsvc.engine.stream import Ending, Meter, State, Stream
 from chatsvc.engine.tools import Registry
 from chatsvc.engine.toolsteps import NOT_RUN_MAX_STEPS, ToolSteps
@@ -90,8 +91,9 @@ class Answerer:
                 if stream.step >= self.settings.max_steps:
                     ending = Ending("completed", error=self._max_steps_error())
                     break
-                current = ModelCall(self._prompt(stream, continuing))
-                self._call(stream, current, registry)
+                prompt, partial = self._prompt(stream, continuing)
+                current = ModelCall(prompt)
+                self._call(stream, current, registry, Seam(partial or ""))
                 stream.meters.append(current.meter(stream.step))
                 current, continuing = None, False
                 entries = stream.layout.complete(stream.step)
@@ -128,19 +130,23 @@ class Answerer:
             f"(CHATSVC_MAX_STEPS); the tools of its last call were not run."
         )
 
-    def _call(self, stream: Stream, call: ModelCall, registry: Registry) -> None:
-        """Stream one model call into the stream's parts."""
+    def _call(self, stream: Stream, call: ModelCall, registry: Registry, seam: Seam) -> None:
+        """Stream one model call into the stream's parts (`seam` trims the start of a
+        continuation that repeats the text it continues)."""
         offered = registry.for_model() or None
         for piece in llm.stream(self.settings, stream.model, call.prompt, offered):
             # Postgres text and jsonb cannot hold NUL: a model's NUL would stop the
             # checkpointer, which commits every answer of the process.
             reasoning, text = _no_nul(piece.reasoning), _no_nul(piece.text)
+            if reasoning or piece.tool_calls:
+                # Anything but text ends the seam: the text it held comes first.
+                self._append(stream, seam.flush())
             if reasoning:
                 call.produced.append(reasoning)
                 self.checkpointer.append_reasoning(stream, reasoning)
             if text:
                 call.produced.append(text)
-                self.checkpointer.append(stream, text)
+                self._append(stream, seam.feed(text))
             for fragment in piece.tool_calls:
                 call.produced.append(fragment.arguments)
                 if stream.accepts_text:
@@ -154,11 +160,17 @@ class Answerer:
                     self.checkpointer.changed(stream)
             if piece.usage is not None:
                 call.usage = piece
+        self._append(stream, seam.flush())
 
-    def _prompt(self, stream: Stream, continuing: bool) -> prompts.Prompt:
-        """The conversation before the answer, then the answer's committed parts."""
+    def _append(self, stream: Stream, text: str) -> None:
+        if text:
+            self.checkpointer.append(stream, text)
+
+    def _prompt(self, stream: Stream, continuing: bool) -> tuple[prompts.Prompt, str | None]:
+        """The answer's branch before it, then the answer's committed parts; and, when the
+        model is asked to continue its cut-off text, that text."""
         with self.pool.connection() as conn:
-            before, answer = history.said_before(conn, stream.conversation_id, stream.message_id)
+            before, answer = history.said_before(conn, stream.message_id)
         messages: prompts.Prompt = []
         for said in before:
             if said.role == "assistant" and said.parts:
@@ -173,8 +185,8 @@ class Answerer:
             messages += exchanges
             # Only the text of the model call that was cut off is continued.
             if continuing and self._cut_off_text(stream):
-                messages += prompts.continuation(partial)
-        return messages
+                return messages + prompts.continuation(partial), partial
+        return messages, None
 
     @staticmethod
     def _cut_off_text(stream: Stream) -> bool:

@@ -10,22 +10,34 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from psycopg import Connection
 
-from chatsvc.engine import conversations, events, projects, users
+from chatsvc.engine import continuation, conversations, events, projects, tree, users
 from chatsvc.engine import messages as message_rows
 from chatsvc.engine.conversations import Conversation
-from chatsvc.engine.messages import Exchange, Message
+from chatsvc.engine.leases import Claim
+from chatsvc.engine.messages import Exchange, Message, NewAnswer
 from chatsvc.engine.projects import Project
 from chatsvc.engine.runtime import Runtime
 from chatsvc.engine.stream import Stream
 from chatsvc.engine.users import User
-from chatsvc.errors import NotFound, TokenLimitExceeded, Unavailable, wrap_exceptions
+from chatsvc.errors import (
+    NotFound,
+    StreamActive,
+    TokenLimitExceeded,
+    Unavailable,
+    ValidationError,
+    unique_violation_of,
+    wrap_exceptions,
+)
 
 
 @dataclass(frozen=True)
 class Sent:
-    """The result of a send; `created` is False when a client_message_id was reused."""
+    """The result of a send, an edit or a regeneration; `created` is False when a
+    client_message_id was reused (nothing was started). A regeneration's user message is
+    the question the answer answers."""
 
     exchange: Exchange
     created: bool
@@ -40,51 +52,253 @@ def send(
     model: str | None = None,
     client_message_id: str | None = None,
 ) -> Sent:
-    """Store the user message and a streaming answer, then generate it in the background."""
-    if rt.hub.closing:
-        raise Unavailable("This server is shutting down; retry on another.")
+    """Store the user message after the current branch's last message, and a streaming
+    answer; generate it in the background."""
+    _accepting(rt)
     with wrap_exceptions(), rt.pool.connection() as conn:
         conversation = conversations.get_visible(conn, user.id, conversation_id)
-        if client_message_id is not None:
-            earlier = message_rows.exchange_by_client_id(conn, conversation_id, client_message_id)
-            if earlier is not None:
-                return Sent(earlier, created=False)
-        if users.usage(conn, user.id).exhausted:
-            raise TokenLimitExceeded()
-        exchange = message_rows.create_exchange(
-            conn,
-            conversation_id=conversation_id,
-            user_id=user.id,
-            content=content,
-            model=model or rt.settings.model,
-            client_message_id=client_message_id,
-            owner=rt.owner,
-            lease_s=rt.settings.lease_s,
-        )
-        if exchange is None:  # a concurrent send with the same client_message_id won
-            earlier = message_rows.exchange_by_client_id(
-                conn, conversation_id, client_message_id or ""
+        earlier = _earlier(conn, conversation_id, client_message_id)
+        if earlier is not None:
+            return earlier
+        _within_budget(conn, user)
+        with conn.transaction():
+            leaf = tree.lock(conn, conversation_id)
+            sent = _exchange(
+                rt,
+                conn,
+                conversation,
+                user,
+                leaf,
+                content=content,
+                client_message_id=client_message_id,
+                model=model,
+                moved=False,
             )
-            assert earlier is not None
-            return Sent(earlier, created=False)
-        answer = exchange.assistant_message
-        outbox: list[events.Event] = [
-            events.MessageCreated(conversation_id, exchange.user_message.id),
-            events.MessageCreated(conversation_id, answer.id),
-        ]
-        if conversation.project_id is not None:
-            outbox.append(
-                events.project_event(
-                    conversation.project_id,
-                    "stream.started",
-                    conversation_id=conversation_id,
-                    message_id=answer.id,
-                    user_id=user.id,
+    return _started(rt, sent)
+
+
+def regenerate(rt: Runtime, user: User, message_id: UUID, *, model: str | None = None) -> Sent:
+    """A new answer beside an answer (same question), on a branch that becomes current."""
+    _accepting(rt)
+    with wrap_exceptions(), rt.pool.connection() as conn:
+        answer = message_rows.get_visible(conn, user.id, message_id)
+        if answer.role != "assistant" or answer.parent_id is None:
+            raise ValidationError("Only an answer can be regenerated; a question is edited.")
+        conversation = conversations.get_visible(conn, user.id, answer.conversation_id)
+        _within_budget(conn, user)
+        with conn.transaction():
+            tree.lock(conn, conversation.id)
+            sent = _exchange(
+                rt,
+                conn,
+                conversation,
+                user,
+                answer.parent_id,
+                content=None,
+                client_message_id=None,
+                model=model or answer.model,
+                moved=True,
+            )
+    return _started(rt, sent)
+
+
+def edit(
+    rt: Runtime,
+    user: User,
+    message_id: UUID,
+    content: str,
+    *,
+    model: str | None = None,
+    client_message_id: str | None = None,
+) -> Sent:
+    """A new version of a user message (same parent) and its answer, on a branch that
+    becomes current; the old version and what followed it stay as they were."""
+    _accepting(rt)
+    with wrap_exceptions(), rt.pool.connection() as conn:
+        question = message_rows.get_visible(conn, user.id, message_id)
+        if question.role != "user":
+            raise ValidationError("Only a user message can be edited; an answer is regenerated.")
+        conversation = conversations.get_visible(conn, user.id, question.conversation_id)
+        earlier = _earlier(conn, conversation.id, client_message_id)
+        if earlier is not None:
+            return earlier
+        _within_budget(conn, user)
+        with conn.transaction():
+            tree.lock(conn, conversation.id)
+            sent = _exchange(
+                rt,
+                conn,
+                conversation,
+                user,
+                question.parent_id,
+                content=content,
+                client_message_id=client_message_id,
+                model=model,
+                moved=True,
+            )
+    return _started(rt, sent)
+
+
+def continue_answer(
+    rt: Runtime, user: User, message_id: UUID, *, model: str | None = None
+) -> Message:
+    """Stream a stopped answer again (epoch + 1), its new text appended at its old end."""
+    _accepting(rt)
+    with wrap_exceptions(), rt.pool.connection() as conn:
+        message = message_rows.get_visible(conn, user.id, message_id)
+        if message.role != "assistant":
+            raise ValidationError("Only an answer can be continued.")
+        if message.status not in continuation.STOPPED:
+            raise ValidationError(
+                f"Only a stopped answer (cancelled, interrupted or failed) can be continued; "
+                f"this one is {message.status}."
+            )
+        conversation = conversations.get_visible(conn, user.id, message.conversation_id)
+        _within_budget(conn, user)
+        with conn.transaction():
+            leaf = tree.lock(conn, conversation.id)
+            if not tree.is_leaf(conn, message_id):
+                raise ValidationError(
+                    "Only the last message of a branch can be continued; this answer was "
+                    "followed by another message."
                 )
+            stopped = continuation.lock_stopped(conn, message_id)
+            assert stopped is not None
+            if stopped.status not in continuation.STOPPED:
+                raise StreamActive()  # continued meanwhile
+            if stopped.step + 1 >= rt.settings.max_steps:
+                raise ValidationError(
+                    f"This answer already made {stopped.step + 1} model calls, the most an "
+                    f"answer may make (CHATSVC_MAX_STEPS={rt.settings.max_steps})."
+                )
+            try:
+                with conn.transaction():
+                    claimed = continuation.reopen(
+                        conn,
+                        stopped,
+                        owner=rt.owner,
+                        lease_s=rt.settings.lease_s,
+                        model=model or message.model or rt.settings.model,
+                    )
+            except psycopg.errors.UniqueViolation as exc:
+                if unique_violation_of(exc, "messages_one_streaming_per_conversation"):
+                    raise StreamActive() from exc
+                raise
+            assert claimed is not None
+            claim = Claim(**claimed)
+            outbox: list[events.Event] = []
+            if leaf != message_id:
+                tree.show(conn, conversation.id, message_id)
+                outbox.append(events.BranchChanged(conversation.id, message_id))
+            outbox.append(
+                events.StatusChanged(conversation.id, message_id, "streaming", claim.epoch, True)
             )
-        events.send(conn, outbox)
-    rt.answerer.start(Stream.for_message(answer, rt.settings.model))
+            outbox += _stream_started(conversation, user, message_id)
+            events.send(conn, outbox)
+            continued = message_rows.get_any(conn, message_id)
+            assert continued is not None
+    rt.answerer.start(claim.stream(rt.settings.model), resumed=True)
+    return continued
+
+
+def switch_branch(rt: Runtime, user: User, conversation_id: UUID, message_id: UUID) -> None:
+    """Show the branch through a message, down to the newest leaf below it."""
+    with wrap_exceptions(), rt.pool.connection() as conn:
+        conversations.get_visible(conn, user.id, conversation_id)
+        message = message_rows.get_visible(conn, user.id, message_id)
+        if message.conversation_id != conversation_id:
+            raise ValidationError("That message belongs to another conversation.")
+        with conn.transaction():
+            leaf = tree.lock(conn, conversation_id)
+            if message_rows.active_in(conn, conversation_id) is not None:
+                raise StreamActive()
+            newest = tree.newest_leaf_below(conn, message_id)
+            if newest != leaf:
+                tree.show(conn, conversation_id, newest)
+                events.send(conn, [events.BranchChanged(conversation_id, newest)])
+
+
+def _accepting(rt: Runtime) -> None:
+    if rt.hub.closing:
+        raise Unavailable("This server is shutting down; retry on another.")
+
+
+def _earlier(
+    conn: Connection[Any], conversation_id: UUID, client_message_id: str | None
+) -> Sent | None:
+    """What an earlier request with this client_message_id made, if any."""
+    if client_message_id is None:
+        return None
+    earlier = message_rows.exchange_by_client_id(conn, conversation_id, client_message_id)
+    return None if earlier is None else Sent(earlier, created=False)
+
+
+def _within_budget(conn: Connection[Any], user: User) -> None:
+    if users.usage(conn, user.id).exhausted:
+        raise TokenLimitExceeded()
+
+
+def _exchange(
+    rt: Runtime,
+    conn: Connection[Any],
+    conversation: Conversation,
+    user: User,
+    parent_id: UUID | None,
+    *,
+    content: str | None,
+    client_message_id: str | None,
+    model: str | None,
+    moved: bool,
+) -> Sent:
+    """Insert a question (unless `content` is None) and its streaming answer after
+    `parent_id`, make the answer's branch current, and announce it; the caller holds the
+    conversation row. `moved`: the current branch changes other than by growing."""
+    new_answer = NewAnswer(user.id, model or rt.settings.model, rt.owner, rt.settings.lease_s)
+    exchange = message_rows.insert_exchange(
+        conn,
+        conversation.id,
+        parent_id,
+        content=content,
+        client_message_id=client_message_id,
+        answer=new_answer,
+    )
+    if exchange is None:  # a concurrent request with the same client_message_id won
+        earlier = _earlier(conn, conversation.id, client_message_id)
+        assert earlier is not None
+        return earlier
+    answer = exchange.assistant_message
+    tree.show(conn, conversation.id, answer.id)
+    outbox: list[events.Event] = []
+    if content is not None:
+        outbox.append(events.MessageCreated(conversation.id, exchange.user_message.id))
+    outbox.append(events.MessageCreated(conversation.id, answer.id))
+    if moved:
+        outbox.append(events.BranchChanged(conversation.id, answer.id))
+    outbox += _stream_started(conversation, user, answer.id)
+    events.send(conn, outbox)
     return Sent(exchange, created=True)
+
+
+def _stream_started(conversation: Conversation, user: User, message_id: UUID) -> list[events.Event]:
+    if conversation.project_id is None:
+        return []
+    return [
+        events.project_event(
+            conversation.project_id,
+            "stream.started",
+            conversation_id=conversation.id,
+            message_id=message_id,
+            user_id=user.id,
+        )
+    ]
+
+
+def _started(rt: Runtime, sent: Sent) -> Sent:
+    """Generate a newly created answer (after its rows are committed)."""
+    if sent.created:
+        answer = sent.exchange.assistant_message
+        rt.answerer.start(Stream.for_message(answer, rt.settings.model))
+    return sent
 
 
 def cancel_conversation(rt: Runtime, user: User, conversation_id: UUID) -> Message:
@@ -95,7 +309,7 @@ def cancel_conversation(rt: Runtime, user: User, conversation_id: UUID) -> Messa
         if active is not None:
             return message_rows.request_cancel(conn, active.id) or active
         answers = [
-            m for m in message_rows.in_conversation(conn, conversation_id) if m.role == "assistant"
+            m for m in message_rows.current_branch(conn, conversation_id) if m.role == "assistant"
         ]
         if not answers:
             raise NotFound("This conversation has no answer to cancel.")

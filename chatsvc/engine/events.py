@@ -121,6 +121,15 @@ class Finished:
 
 
 @dataclass(frozen=True, slots=True)
+class BranchChanged:
+    """A conversation shows another branch, ending at `leaf_id`, other than by growing
+    (a regeneration, an edit, a branch switch, a continuation on another branch)."""
+
+    conversation_id: UUID
+    leaf_id: UUID
+
+
+@dataclass(frozen=True, slots=True)
 class CancelRequested:
     """Someone asked for an answer to stop (the API, or an UPDATE in psql via a trigger)."""
 
@@ -166,6 +175,7 @@ Event = (
     | ToolChanged
     | StatusChanged
     | Finished
+    | BranchChanged
     | CancelRequested
     | ConversationDeleted
     | LeasesReleased
@@ -187,6 +197,8 @@ def _to_wire(event: Event) -> list[Any]:
             return ["s", str(c), str(m), status, epoch, resumed]
         case Finished(c, m, status, length, usage, error):
             return ["f", str(c), str(m), status, length, usage, error]
+        case BranchChanged(c, leaf):
+            return ["b", str(c), str(leaf)]
         case CancelRequested(c, m):
             return ["c", str(c), str(m)]
         case ConversationDeleted(c):
@@ -212,6 +224,8 @@ def _from_wire(item: list[Any]) -> Event:
         return StatusChanged(UUID(item[1]), UUID(item[2]), item[3], int(item[4]), bool(item[5]))
     if kind == "f":
         return Finished(UUID(item[1]), UUID(item[2]), item[3], int(item[4]), item[5], item[6])
+    if kind == "b":
+        return BranchChanged(UUID(item[1]), UUID(item[2]))
     if kind == "c":
         return CancelRequested(UUID(item[1]), UUID(item[2]))
     if kind == "x":

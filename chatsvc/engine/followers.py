@@ -21,6 +21,7 @@ from uuid import UUID
 
 from chatsvc.engine import messages as message_rows
 from chatsvc.engine.events import (
+    BranchChanged,
     ConversationDeleted,
     Delta,
     Event,
@@ -120,9 +121,12 @@ class Follower:
                 return self.on_tool(event)
             case StatusChanged():
                 track = self.tracks.get(event.message_id)
-                if track is None or track.done or event.epoch <= track.epoch:
+                if track is None or event.epoch <= track.epoch:
                     return []
-                track.epoch = event.epoch
+                if track.done and event.status != "streaming":
+                    return []
+                # A continued answer streams again from its old end: follow it on.
+                track.epoch, track.done = event.epoch, False
                 return [status_out(event.message_id, event.status, event.epoch, event.resumed)]
             case Finished():
                 return self.on_finished(event)
@@ -248,12 +252,14 @@ class MessageFollower(Follower):
 
 
 class ConversationFollower(Follower):
-    """GET /api/conversations/{id}/stream: every message, then every answer as it grows."""
+    """GET /api/conversations/{id}/stream: the branch the conversation shows, then every
+    message and answer as it comes, and the branch again whenever it changes."""
 
     def __init__(self, sources: Sources) -> None:
         super().__init__(sources)
         self.conversation_id: UUID | None = None
-        self.announced: set[UUID] = set()
+        # The messages the client shows, in order: the current branch as it was sent.
+        self.branch: list[UUID] = []
 
     def event_id(self, message_id: UUID, position: Position) -> str:
         return str(Cursor(message_id, position))
@@ -263,62 +269,112 @@ class ConversationFollower(Follower):
         self.conversation_id = conversation_id
         self.sub = self.hub.subscribe(conversation_id)
         try:
-            with wrap_exceptions(), self.pool.connection() as conn:
-                rows = message_rows.in_conversation(conn, conversation_id)
-            return self._replay(rows, cursor)
+            return self._replay(self._current_branch(), cursor)
         except BaseException:
             self.close()
             raise
 
+    def _current_branch(self) -> list[Message]:
+        assert self.conversation_id is not None
+        with wrap_exceptions(), self.pool.connection() as conn:
+            return message_rows.current_branch(conn, self.conversation_id)
+
     def _replay(self, rows: list[Message], cursor: Cursor | None) -> list[Out]:
-        outs: list[Out] = []
-        start = 0
         ids = [row.id for row in rows]
-        if cursor is not None and cursor.message_id in ids:
-            start = ids.index(cursor.message_id)
-            row = rows[start]
-            self.announced.add(row.id)
-            start += 1
-            check_position(
-                cursor.position, row.content_length, row.reasoning_length, row.tool_version
-            )
-            if row.role == "assistant":
-                # An answer read to its end gets its `done` again: the cursor cannot
-                # tell whether `done` arrived, and a second one is harmless.
-                track = Track.at(row.id, cursor.position, row.epoch, row.has_parts)
-                self.tracks[row.id] = track
-                outs += taken_over(row.id, row.status, row.epoch) + self.catch_up(track)
-        for row in rows[start:]:
-            outs += self.announce(row)
+        if cursor is None:
+            return [out for row in rows for out in self.announce(row)]
+        if cursor.message_id not in ids:
+            # The branch changed while the client was away: it gets the branch whole.
+            return self._show(rows, [])
+        start = ids.index(cursor.message_id)
+        for row in rows[:start]:
+            self._follow(row)
+        row = rows[start]
+        check_position(cursor.position, row.content_length, row.reasoning_length, row.tool_version)
+        self.branch = ids[: start + 1]
+        outs: list[Out] = []
+        if row.role == "assistant":
+            # An answer read to its end gets its `done` again: the cursor cannot
+            # tell whether `done` arrived, and a second one is harmless.
+            track = Track.at(row.id, cursor.position, row.epoch, row.has_parts)
+            self.tracks[row.id] = track
+            outs += taken_over(row.id, row.status, row.epoch) + self.catch_up(track)
+        for later in rows[start + 1 :]:
+            outs += self.announce(later)
         return outs
 
-    def announce(self, row: Message) -> list[Out]:
-        """A `message` event with the message as committed; follow it if it streams."""
-        if row.id in self.announced:
-            return []
-        self.announced.add(row.id)
+    def _follow(self, row: Message) -> Position:
+        """A track at the end of what is committed of a message (done unless it streams)."""
         end = Position(row.content_length, row.reasoning_length, row.tool_version, row.has_parts)
-        if row.is_streaming:
-            self.tracks[row.id] = Track.at(row.id, end, row.epoch, row.has_parts)
-        return [self.at("message", row.to_json(), row.id, end)]
+        track = Track.at(row.id, end, row.epoch, row.has_parts)
+        track.done = not row.is_streaming
+        self.tracks[row.id] = track
+        return end
 
-    def _fetch_and_announce(self, message_id: UUID) -> list[Out]:
+    def _message(self, row: Message) -> Out:
+        """A `message` event with the message as committed; its track follows it on."""
+        return self.at("message", row.to_json(), row.id, self._follow(row))
+
+    def announce(self, row: Message) -> list[Out]:
+        """The `message` event of a message that extends the branch the client shows."""
+        if row.id in self.branch:
+            return []
+        self.branch.append(row.id)
+        return [self._message(row)]
+
+    def _show(self, rows: list[Message], shown: list[UUID]) -> list[Out]:
+        """The `branch` event, then the messages of the branch the client lacks."""
+        assert self.conversation_id is not None
+        ids = [row.id for row in rows]
+        self.branch = ids
+        for gone in set(self.tracks) - set(ids):
+            del self.tracks[gone]
+        data = {"conversation_id": self.conversation_id, "message_ids": ids}
+        return [Out("branch", data)] + [self._message(r) for r in rows if r.id not in shown]
+
+    def rebranch(self) -> list[Out]:
+        """Read the branch the conversation shows now, and send what changed."""
+        rows = self._current_branch()
+        ids = [row.id for row in rows]
+        if ids[: len(self.branch)] == self.branch:
+            # It grew: the new messages follow.
+            return [out for row in rows for out in self.announce(row)]
+        return self._show(rows, [i for i in self.branch if i in ids])
+
+    def resync(self) -> list[Out]:
+        """Events were lost: read the branch again, continue answers that were continued."""
+        outs = self.rebranch()
+        for row in self._current_branch():
+            track = self.tracks.get(row.id)
+            if track is not None and track.done and row.is_streaming and row.epoch > track.epoch:
+                track.epoch, track.done = row.epoch, False
+                outs.append(status_out(row.id, row.status, row.epoch, resumed=True))
+        return outs + super().resync()
+
+    def _arrived(self, message_id: UUID) -> list[Out]:
+        """A message not on the branch the client shows was created, or has news."""
         row = self.sources.rows.get(message_id)
         if row is None or row.conversation_id != self.conversation_id:
             return []
-        return self.announce(row)
+        if row.id in self.branch:
+            return []
+        if row.parent_id == (self.branch[-1] if self.branch else None):
+            return self.announce(row)
+        return self.rebranch()
 
     def on_event(self, event: Event) -> list[Out]:
         if isinstance(event, ConversationDeleted):
             self.finished = True
             return []
+        if isinstance(event, BranchChanged):
+            return self.rebranch()
         if isinstance(event, MessageCreated):
-            return self._fetch_and_announce(event.message_id)
+            return self._arrived(event.message_id)
         message_id = getattr(event, "message_id", None)
-        if message_id is not None and message_id not in self.announced:
+        if message_id is not None and message_id not in self.tracks:
             # Events can overtake the notification of the message itself (the
             # committer publishes locally); announcing it reads everything so far.
-            return self._fetch_and_announce(message_id)
+            return self._arrived(message_id)
         return super().on_event(event)
 
 

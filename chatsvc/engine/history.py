@@ -26,26 +26,28 @@ class Said:
     steps: dict[str, int] | None  # the model call each tool call came from, by tool_call_id
 
 
-# Up to and including the answer itself, whose parts are read as committed.
+# The answer's own branch up to and including it, whose parts are read as
+# committed: never a message of another branch.
+# A finished message's text and parts are its columns (only the answer being
+# written is assembled), and only answers with tool parts read the ledger: a long
+# branch stays cheap to turn into a prompt.
 SELECT_SAID = """
-SELECT m.id, m.role, message_text(m) AS content, message_parts(m) AS parts,
-       (SELECT jsonb_object_agg(t.tool_call_id, t.step) FROM tool_calls t
-        WHERE t.message_id = m.id) AS steps
-FROM messages m
-WHERE m.conversation_id = %(conversation)s
-  AND m.seq <= (SELECT a.seq FROM messages a WHERE a.id = %(answer)s)
-ORDER BY m.seq
+SELECT m.id, m.role,
+       CASE WHEN m.status = 'streaming' THEN message_text(m) ELSE m.content END AS content,
+       CASE WHEN m.status = 'streaming' THEN message_parts(m) ELSE m.parts END AS parts,
+       CASE WHEN m.tool_version > 0 THEN
+           (SELECT jsonb_object_agg(t.tool_call_id, t.step) FROM tool_calls t
+            WHERE t.message_id = m.id) END AS steps
+FROM message_branch(%(answer)s) b JOIN messages m ON m.id = b.id
+ORDER BY b.depth DESC
 """
 
 
-def said_before(
-    conn: Connection[Any], conversation_id: UUID, answer_id: UUID
-) -> tuple[list[Said], Said | None]:
-    """The messages before an answer, and the answer as committed (None if it is gone)."""
+def said_before(conn: Connection[Any], answer_id: UUID) -> tuple[list[Said], Said | None]:
+    """The messages of an answer's branch before it, and the answer as committed (None if
+    it is gone)."""
     cur = conn.cursor(row_factory=class_row(Said))
-    rows = cur.execute(
-        SELECT_SAID, {"conversation": conversation_id, "answer": answer_id}
-    ).fetchall()
+    rows = cur.execute(SELECT_SAID, {"answer": answer_id}).fetchall()
     if rows and rows[-1].id == answer_id:
         return rows[:-1], rows[-1]
     return rows, None

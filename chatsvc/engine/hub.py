@@ -19,6 +19,7 @@ from gevent.queue import Empty, Full, Queue
 
 from chatsvc import metrics
 from chatsvc.engine.events import (
+    BranchChanged,
     ConversationDeleted,
     Delta,
     Event,
@@ -176,7 +177,7 @@ def _route_keys(event: Event) -> tuple[UUID, ...]:
             | MessageCreated()
         ):
             return (event.message_id, event.conversation_id)
-        case ConversationDeleted():
+        case ConversationDeleted() | BranchChanged():
             return (event.conversation_id,)
         case ProjectEvent():
             return (event.project_id,)

@@ -119,13 +119,14 @@ WITH orphans AS (
         lease_expires_at = now() + %(lease)s * interval '1 second'
     FROM orphans WHERE m.id = orphans.id
     RETURNING m.id, m.conversation_id, m.user_id, m.model, m.epoch, m.content_length,
-              m.resume_count, m.seq, m.reasoning_length, m.tool_version, m.step, m.layout
+              m.resume_count, m.reasoning_length, m.tool_version, m.step, m.layout
 ), calls AS (
     INSERT INTO llm_calls (message_id, user_id, epoch, step, model, prompt_tokens,
                            completion_tokens, estimated)
     SELECT c.id, c.user_id, c.epoch - 1, c.step, coalesce(c.model, ''),
-           ((SELECT coalesce(sum(char_length(p.content)), 0) FROM messages p
-             WHERE p.conversation_id = c.conversation_id AND p.seq < c.seq) / 4)::int,
+           ((SELECT coalesce(sum(char_length(p.content)), 0)
+             FROM message_branch(c.id) b JOIN messages p ON p.id = b.id
+             WHERE b.depth > 0) / 4)::int,
            ((SELECT coalesce(sum(char_length(k.content)), 0) FROM message_chunks k
              WHERE k.message_id = c.id AND k.epoch = c.epoch - 1) / 4)::int,
            true

@@ -74,7 +74,8 @@ class Message:
     status: Annotated[
         str,
         _doc(
-            "`streaming` is the only non-terminal status; a terminal message never changes.",
+            "`streaming` is the only non-terminal status; a terminal answer changes again only "
+            "when a client continues it (its text then grows at its end).",
             enum=list(STATUSES),
         ),
     ]
@@ -85,7 +86,10 @@ class Message:
         ),
     ]
     content_length: Annotated[int, _doc("Length of `content` in Unicode code points.", minimum=0)]
-    epoch: Annotated[int, _doc("Ownership generation; incremented at each takeover.", minimum=0)]
+    epoch: Annotated[
+        int,
+        _doc("Ownership generation; incremented at each takeover and continuation.", minimum=0),
+    ]
     model: Annotated[str | None, _doc("An answer's LLM model; null for user messages.")]
     usage: Annotated[
         dict[str, Any] | None,
@@ -96,6 +100,16 @@ class Message:
     completed_at: Annotated[datetime | None, _doc("When the message reached a terminal status.")]
     client_message_id: Annotated[str | None, _doc("The sender's idempotency key.")]
     reply_to: Annotated[UUID | None, _doc("For an answer: the user message it answers.")]
+    parent_id: Annotated[
+        UUID | None, _doc("The message this one follows in the conversation's tree; null first.")
+    ]
+    sibling_ids: Annotated[
+        list[UUID],
+        _doc(
+            "Its versions: this message and the others with the same parent, oldest first "
+            "(an edited question, a regenerated answer)."
+        ),
+    ]
     user_id: Annotated[UUID | None, _doc("The user who sent it (or asked for the answer).")]
     reasoning_length: Annotated[
         int,
@@ -161,75 +175,127 @@ class PartsFrom:
         return self.layout is not None or self.reasoning_length > 0 or self.tool_version > 0
 
 
-COLUMNS = """m.id, m.conversation_id, m.role, m.status, message_text(m) AS content,
+# A finished message's text and parts are its columns; only a streaming one's are
+# assembled (message_text, message_parts), which keeps a long branch cheap to read.
+_COLUMNS = """m.id, m.conversation_id, m.role, m.status,
+    CASE WHEN m.status = 'streaming' THEN message_text(m) ELSE m.content END AS content,
     m.content_length, m.epoch, m.model, m.usage, m.error, m.created_at, m.completed_at,
-    m.client_message_id, m.reply_to, m.user_id, m.reasoning_length, m.tool_version,
-    message_parts(m) AS parts"""
+    m.client_message_id, m.reply_to, m.parent_id, {siblings} AS sibling_ids,
+    m.user_id, m.reasoning_length, m.tool_version,
+    CASE WHEN m.status = 'streaming' THEN message_parts(m)
+         WHEN m.role = 'assistant' THEN coalesce(m.parts, '[]'::jsonb) END AS parts"""
+COLUMNS = _COLUMNS.format(siblings="message_sibling_ids(m)")
 
-INSERT_USER_MESSAGE = f"""
-INSERT INTO messages AS m (conversation_id, user_id, role, status, content, content_length,
-                           client_message_id, completed_at)
-VALUES (%s, %s, 'user', 'completed', %s, %s, %s, clock_timestamp())
-RETURNING {COLUMNS}
+# Inserts return the id alone: a statement does not see its own rows, so a
+# message's `sibling_ids` (itself included) is read by the next statement.
+INSERT_USER_MESSAGE = """
+INSERT INTO messages (conversation_id, user_id, parent_id, role, status, content, content_length,
+                      client_message_id, completed_at)
+VALUES (%s, %s, %s, 'user', 'completed', %s, %s, %s, clock_timestamp())
+RETURNING id
 """
 
-# An answer's epoch when it is created; a higher one means it was taken over since.
+# An answer's epoch when it is created; a higher one means it was taken over
+# or continued since.
 FIRST_EPOCH = 1
 
 INSERT_ANSWER = f"""
-INSERT INTO messages AS m (conversation_id, user_id, role, status, reply_to, model, epoch, owner,
-                           lease_expires_at, last_checkpoint_at)
-VALUES (%s, %s, 'assistant', 'streaming', %s, %s, {FIRST_EPOCH}, %s,
+INSERT INTO messages (conversation_id, user_id, parent_id, role, status, reply_to, model, epoch,
+                      owner, lease_expires_at, last_checkpoint_at)
+VALUES (%s, %s, %s, 'assistant', 'streaming', %s, %s, {FIRST_EPOCH}, %s,
         now() + %s * interval '1 second', now())
-RETURNING {COLUMNS}
+RETURNING id
 """
 
 
-def create_exchange(
+@dataclass(frozen=True)
+class NewAnswer:
+    """What an answer about to be inserted needs: who asks, which model, who owns it."""
+
+    user_id: UUID
+    model: str
+    owner: str
+    lease_s: float
+
+
+def insert_exchange(
     conn: Connection[Any],
-    *,
     conversation_id: UUID,
-    user_id: UUID,
-    content: str,
-    model: str,
+    parent_id: UUID | None,
+    *,
+    content: str | None,
     client_message_id: str | None,
-    owner: str,
-    lease_s: float,
+    answer: NewAnswer,
 ) -> Exchange | None:
-    """Insert the user message and its streaming answer, owned by `owner`.
+    """Insert a user message after `parent_id` and its streaming answer; or, with `content`
+    None, an answer alone after the user message `parent_id` (a regeneration).
 
     Returns None when `client_message_id` was already used in this conversation;
     raises StreamActive when another answer is streaming. Both are decided by the
-    database's unique indexes, so concurrent sends cannot both win.
+    database's unique indexes, so concurrent requests cannot both win. The caller
+    holds the conversation row (tree.lock) and moves its current branch.
     """
-    cur = conn.cursor(row_factory=class_row(Message))
     try:
         with conn.transaction():
-            user_message = cur.execute(
-                INSERT_USER_MESSAGE,
-                (conversation_id, user_id, content, len(content), client_message_id),
-            ).fetchone()
-            assert user_message is not None
-            answer = cur.execute(
+            question = parent_id
+            if content is not None:
+                row = conn.execute(
+                    INSERT_USER_MESSAGE,
+                    (
+                        conversation_id,
+                        answer.user_id,
+                        parent_id,
+                        content,
+                        len(content),
+                        client_message_id,
+                    ),
+                ).fetchone()
+                assert row is not None
+                question = row[0]
+            row = conn.execute(
                 INSERT_ANSWER,
-                (conversation_id, user_id, user_message.id, model, owner, lease_s),
+                (
+                    conversation_id,
+                    answer.user_id,
+                    question,
+                    question,
+                    answer.model,
+                    answer.owner,
+                    answer.lease_s,
+                ),
             ).fetchone()
-            assert answer is not None
+            assert row is not None and question is not None
     except psycopg.errors.UniqueViolation as exc:
         if unique_violation_of(exc, "messages_client_message_id"):
             return None
         if unique_violation_of(exc, "messages_one_streaming_per_conversation"):
             raise StreamActive() from exc
         raise
-    return Exchange(user_message, answer)
+    user_message, assistant_message = read(conn, [question, row[0]])
+    return Exchange(user_message, assistant_message)
 
 
+SELECT_MESSAGES = f"SELECT {COLUMNS} FROM messages m WHERE m.id = ANY(%s)"
+
+
+def read(conn: Connection[Any], ids: list[UUID]) -> list[Message]:
+    """Messages by id, in the order of `ids` (each must exist)."""
+    cur = conn.cursor(row_factory=class_row(Message))
+    found = {m.id: m for m in cur.execute(SELECT_MESSAGES, (ids,)).fetchall()}
+    return [found[i] for i in ids]
+
+
+# The pair a send (or an edit) made: the user message with that key, and the
+# first answer to it (later ones are its regenerations).
 SELECT_EXCHANGE_BY_CLIENT_ID = f"""
 SELECT {COLUMNS} FROM messages m
-WHERE m.conversation_id = %(conversation)s AND
-      (m.client_message_id = %(client)s OR m.reply_to = (
-          SELECT u.id FROM messages u
-          WHERE u.conversation_id = %(conversation)s AND u.client_message_id = %(client)s))
+WHERE m.id = (SELECT u.id FROM messages u
+              WHERE u.conversation_id = %(conversation)s AND u.client_message_id = %(client)s)
+   OR m.id = (SELECT a.id FROM messages a
+              WHERE a.reply_to = (SELECT u.id FROM messages u
+                                  WHERE u.conversation_id = %(conversation)s
+                                    AND u.client_message_id = %(client)s)
+              ORDER BY a.seq LIMIT 1)
 ORDER BY m.seq
 """
 
@@ -237,7 +303,7 @@ ORDER BY m.seq
 def exchange_by_client_id(
     conn: Connection[Any], conversation_id: UUID, client_message_id: str
 ) -> Exchange | None:
-    """The pair an earlier send with this client_message_id created."""
+    """The pair an earlier send or edit with this client_message_id created."""
     cur = conn.cursor(row_factory=class_row(Message))
     params = {"conversation": conversation_id, "client": client_message_id}
     rows = cur.execute(SELECT_EXCHANGE_BY_CLIENT_ID, params).fetchall()
@@ -275,15 +341,40 @@ def get_any(conn: Connection[Any], message_id: UUID) -> Message | None:
     return cur.execute(SELECT_MESSAGE_BY_ID, (message_id,)).fetchone()
 
 
-SELECT_CONVERSATION_MESSAGES = f"""
-SELECT {COLUMNS} FROM messages m WHERE m.conversation_id = %s ORDER BY m.seq
+# A branch, first message first, with every message's versions: the versions of
+# all its messages are read in one pass over the conversation (grouped by parent;
+# a first message's parent is the nil UUID here), rather than one query each.
+_BRANCH = f"""
+WITH b AS (SELECT b.id, b.depth FROM message_branch(%(leaf)s) b),
+s AS (
+    SELECT coalesce(s.parent_id, '00000000-0000-0000-0000-000000000000') AS parent,
+           array_agg(s.id ORDER BY s.seq) AS ids
+    FROM messages s
+    WHERE s.conversation_id = (SELECT x.conversation_id FROM messages x WHERE x.id = %(leaf)s)
+    GROUP BY 1
+)
+SELECT {_COLUMNS.format(siblings="s.ids")}
+FROM b JOIN messages m ON m.id = b.id
+JOIN s ON s.parent = coalesce(m.parent_id, '00000000-0000-0000-0000-000000000000')
+ORDER BY b.depth DESC
 """
 
 
-def in_conversation(conn: Connection[Any], conversation_id: UUID) -> list[Message]:
-    """Every message of a conversation in order."""
+def branch(conn: Connection[Any], leaf_id: UUID | None) -> list[Message]:
+    """The branch ending at `leaf_id`, first message first (empty for None)."""
+    if leaf_id is None:
+        return []
     cur = conn.cursor(row_factory=class_row(Message))
-    return cur.execute(SELECT_CONVERSATION_MESSAGES, (conversation_id,)).fetchall()
+    return cur.execute(_BRANCH, {"leaf": leaf_id}).fetchall()
+
+
+SELECT_CURRENT_LEAF = "SELECT current_leaf_id FROM conversations WHERE id = %s"
+
+
+def current_branch(conn: Connection[Any], conversation_id: UUID) -> list[Message]:
+    """The messages of the branch a conversation shows, in order."""
+    row = conn.execute(SELECT_CURRENT_LEAF, (conversation_id,)).fetchone()
+    return branch(conn, row[0] if row else None)
 
 
 # One snapshot gives the status, the lengths, the text, the reasoning and the

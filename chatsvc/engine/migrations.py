@@ -51,14 +51,18 @@ def _backend(url: str) -> Any:
     return backend
 
 
-def upgrade(url: str) -> list[str]:
-    """Apply every pending migration; return the ids applied (empty when up to date)."""
+def upgrade(url: str, until: str | None = None) -> list[str]:
+    """Apply every pending migration (or those up to and including the id `until`); return
+    the ids applied (empty when up to date)."""
     with db.connect(url, autocommit=True, purpose="chatsvc-migrate-lock") as lock_conn:
         lock_conn.execute(ADVISORY_LOCK, (_LOCK_KEY,))
         try:
             backend = _backend(url)
             try:
                 migrations = _migrations()
+                if until is not None:
+                    ids = [m.id for m in migrations]
+                    migrations = migrations[: ids.index(until) + 1]
                 with backend.lock():
                     pending = backend.to_apply(migrations)
                     backend.apply_migrations(pending)

@@ -74,7 +74,8 @@ def active(conn: Connection[Any], user_id: UUID | None, *, everything: bool) -> 
     return cur.execute(SELECT_VISIBLE_STREAMS, {"all": everything, "user": user_id}).fetchall()
 
 
-# The latest answer of the conversation, whether it is streaming or has ended.
+# The latest answer of the conversation's current branch, streaming or ended (an
+# answer streams only on the current branch).
 SELECT_STATUS = """
 SELECT cs.conversation_id, cs.is_streaming, cs.active_message_id,
        a.id AS message_id, a.status, coalesce(a.content_length, 0) AS content_length, a.epoch,
@@ -83,8 +84,11 @@ FROM conversation_status cs
 LEFT JOIN LATERAL (
     SELECT m.id, m.status, m.content_length, m.epoch, m.created_at, m.last_checkpoint_at,
            m.lease_expires_at
-    FROM messages m WHERE m.conversation_id = cs.conversation_id AND m.role = 'assistant'
-    ORDER BY m.seq DESC LIMIT 1
+    FROM message_branch((SELECT c.current_leaf_id FROM conversations c
+                         WHERE c.id = cs.conversation_id)) b
+    JOIN messages m ON m.id = b.id
+    WHERE m.role = 'assistant'
+    ORDER BY b.depth LIMIT 1
 ) a ON true
 WHERE cs.conversation_id = %s
 """

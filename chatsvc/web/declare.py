@@ -112,11 +112,23 @@ def requires_auth(endpoint: str | None) -> bool:
     return endpoint not in _PUBLIC
 
 
+def body_optional(model: type[Request]) -> bool:
+    """Whether a request may leave the body out: none of its fields is required."""
+    return not any(field.is_required() for field in model.model_fields.values())
+
+
 def parse_body(model: type[parsing.M]) -> parsing.M:
-    """The request's JSON body as `model`; 415, 400, 413 or 422 otherwise."""
+    """The request's JSON body as `model`; 415, 400, 413 or 422 otherwise. A body whose
+    fields are all optional may be left out (no body at all: every field takes its default)."""
+    if not request.content_length and body_optional(model):
+        raw = request.get_data(cache=False)
+        if not raw:
+            return parsing.parse(model, {}, runtime().settings)
+    else:
+        raw = None
     if request.mimetype != "application/json":
         raise UnsupportedMediaType()
-    data = parsing.parse_json(request.get_data(cache=False))
+    data = parsing.parse_json(request.get_data(cache=False) if raw is None else raw)
     return parsing.parse(model, data, runtime().settings)
 
 

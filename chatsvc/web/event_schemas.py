@@ -65,7 +65,8 @@ class ToolEvent(Event):
 
 
 class StatusEvent(Event):
-    """`event: status`: the stream was taken over after a crash or restart (no `id:`)."""
+    """`event: status`: the answer changed hands — taken over after a crash or a restart,
+    or continued by a client (then it streams again from its old end) — (no `id:`)."""
 
     message_id: UUID
     status: Status
@@ -97,6 +98,18 @@ class DoneEvent(Event):
     error: str | None = Field(
         default=None, description="Present when the answer failed or was interrupted."
     )
+
+
+class BranchEvent(Event):
+    """`event: branch`: the conversation shows another branch, other than by growing (a
+    regeneration, an edit, a branch switch, a continuation on another branch); no `id:`.
+
+    Keep the messages you show whose ids are listed, in this order, and drop the others;
+    the `message` events that follow bring the listed messages you lack.
+    """
+
+    conversation_id: UUID
+    message_ids: list[UUID] = Field(description="The messages of the branch now shown, in order.")
 
 
 # --- the project room -------------------------------------------------------------
@@ -144,7 +157,7 @@ MESSAGE_EVENTS: dict[str, Any] = {
     "status": StatusEvent,
     "done": DoneEvent,
 }
-CONVERSATION_EVENTS: dict[str, Any] = {"message": Message, **MESSAGE_EVENTS}
+CONVERSATION_EVENTS: dict[str, Any] = {"message": Message, "branch": BranchEvent, **MESSAGE_EVENTS}
 PROJECT_EVENTS: dict[str, Any] = {
     "conversation.created": ConversationCreated,
     "conversation.deleted": ConversationDeleted,

@@ -26,7 +26,7 @@ from chatsvc.errors import (
 )
 from chatsvc.web import event_schemas, schemas
 from chatsvc.web.auth import COOKIE
-from chatsvc.web.declare import OPERATIONS, Operation
+from chatsvc.web.declare import OPERATIONS, Operation, body_optional
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
@@ -340,7 +340,10 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
         result["parameters"] = parameters
     if op.body is not None:
         schema = refs[(op.body, "validation")]
-        result["requestBody"] = {"required": True, "content": {JSON: {"schema": schema}}}
+        result["requestBody"] = {
+            "required": not body_optional(op.body),
+            "content": {JSON: {"schema": schema}},
+        }
     if op.auth != "none":
         result["security"] = AUTHENTICATED if op.auth == "required" else [*AUTHENTICATED, {}]
     main = _doc_of(op.response) if op.response is not None else "The stream's events."
@@ -366,7 +369,7 @@ FRAME_POSITION = {
 def _frame_fields(name: str) -> dict[str, Any]:
     """A server frame's fields besides the event's data: `type`, and `position` if it has one."""
     fields: dict[str, Any] = {"type": {"const": name}}
-    if name in event_schemas.CONVERSATION_EVENTS and name != "status":
+    if name in event_schemas.CONVERSATION_EVENTS and name not in ("status", "branch"):
         fields["position"] = FRAME_POSITION
     return {"properties": fields}
 

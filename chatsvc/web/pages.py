@@ -92,7 +92,7 @@ def conversation(conversation_id: str) -> str | tuple[str, int]:
         raise NotFound("No such conversation.") from None
     with connection() as conn:
         found = conversations.get_visible(conn, user.id, key)
-        rows = message_rows.in_conversation(conn, key)
+        rows = message_rows.current_branch(conn, key)
     # The stream resumes right after what was rendered: the last message, at its length.
     cursor = f"{rows[-1].id}:{rows[-1].content_length}" if rows else ""
     return render_template(

@@ -14,6 +14,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from chatsvc.engine.commands import Sent
 from chatsvc.engine.messages import Message
 from chatsvc.errors import ApiError
 from chatsvc.web.parsing import Body, MessageContent, Name, Query, Text, Title, query_int
@@ -63,6 +64,35 @@ class SendMessage(Body):
     content: MessageContent
     model: Text | None = Field(default=None, description="A litellm model name.")
     client_message_id: Text | None = Field(default=None, description="An idempotency key.")
+
+
+class ChooseModel(Body):
+    """Optionally, the model to write the answer with (the body may be left out)."""
+
+    model: Text | None = Field(
+        default=None,
+        description="A litellm model name; by default the model of the answer it replaces "
+        "or continues.",
+    )
+
+
+class EditMessage(Body):
+    """The new version of a user message; its answer starts streaming."""
+
+    content: MessageContent
+    model: Text | None = Field(
+        default=None, description="A litellm model name; by default the default model."
+    )
+    client_message_id: Text | None = Field(default=None, description="An idempotency key.")
+
+
+class SwitchBranch(Body):
+    """The message whose branch the conversation should show."""
+
+    message_id: UUID = Field(
+        description="Any message of the conversation: the branch through it, down to the "
+        "newest message below it, becomes current."
+    )
 
 
 # --- query parameters -------------------------------------------------------------
@@ -140,7 +170,8 @@ class Conversation(Out):
 
 
 class ConversationWithMessages(Conversation):
-    """A conversation and every message, in order; a streaming answer shows its checkpoint."""
+    """A conversation and the messages of the branch it shows, in order (each message's
+    `sibling_ids` names its other versions); a streaming answer shows its checkpoint."""
 
     messages: list[Message]
 
@@ -175,6 +206,23 @@ class Exchange(Out):
     """A user message and the streaming answer it asked for."""
 
     user_message: Message
+    assistant_message: Message
+    stream_url: str = Field(description="`/api/messages/{assistant_message.id}/stream`.")
+
+
+def exchange(sent: Sent) -> Exchange:
+    """The response to a send or an edit: both messages, and where to follow the answer."""
+    answer = sent.exchange.assistant_message
+    return Exchange(
+        user_message=sent.exchange.user_message,
+        assistant_message=answer,
+        stream_url=f"/api/messages/{answer.id}/stream",
+    )
+
+
+class Regenerated(Out):
+    """The new answer, streaming beside the one it replaces."""
+
     assistant_message: Message
     stream_url: str = Field(description="`/api/messages/{assistant_message.id}/stream`.")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
@@ -211,6 +212,30 @@ def test_every_route_answers_as_described(llm_app: AppServer) -> None:
     c.check(alice.post(f"{message}/cancel"))
     c.check(bob.post(f"{message}/cancel"))
     c.check(alice.get("/api/usage"))
+
+    # the tree: continue, regenerate, edit, switch
+    first = f"/api/messages/{answer['id']}"
+    question = f"/api/messages/{second['reply_to']}"
+    c.check(alice.post(f"{first}/continue"))  # 422: another message follows it
+    c.check(alice.post(f"{message}/continue", {}))  # 422: it completed
+    c.check(alice.post(f"{question}/regenerate"))  # 422: a question
+    c.check(alice.post(f"{message}/edit", {"content": "x"}))  # 422: an answer
+    c.check(bob.post(f"{message}/regenerate"))  # 404
+    c.check(alice.post(f"{message}/regenerate", {"model": ""}))  # 422
+    redo = c.check(alice.post(f"{message}/regenerate")).json()["assistant_message"]
+    c.check(alice.post(f"{message}/regenerate"))  # 409: the regeneration streams
+    c.check(alice.put(f"{conv}/branch", {"message_id": second["id"]}))  # 409
+    alice.wait_terminal(redo["id"])
+    c.check(alice.put(f"{conv}/branch", {"message_id": second["id"]}))
+    c.check(alice.put(f"{conv}/branch", {"message_id": str(uuid.uuid4())}))  # 404
+    c.check(alice.put(f"{conv}/branch", {}))  # 422
+    edit = {"content": "@fake chunks=300 delay=0.01", "client_message_id": "k2"}
+    edited = c.check(alice.post(f"{question}/edit", edit)).json()["assistant_message"]
+    c.check(alice.post(f"{question}/edit", edit))  # 200: the same pair
+    c.check(alice.post(f"/api/messages/{edited['id']}/cancel"))
+    alice.wait_terminal(edited["id"])
+    c.check(alice.post(f"/api/messages/{edited['id']}/continue", {"model": None}))
+    alice.wait_terminal(edited["id"])
 
     # the conversation page
     c.check(browser.post("/api/session", {"token": alice.token}))

@@ -42,6 +42,9 @@ def _answer(conn: Conn, conversation_id: str) -> UUID:
         "now() + interval '1 hour', %s, 2 FROM conversations c WHERE c.id = %s RETURNING id",
         (json.dumps(_layout(2)), conversation_id),
     ).fetchone()[0]
+    conn.execute(
+        "UPDATE conversations SET current_leaf_id = %s WHERE id = %s", (message, conversation_id)
+    )
     chunk(conn, message, "reasoning", 0, "think")
     chunk(conn, message, "text", 0, "abc")
     chunk(conn, message, "reasoning", 5, "more")

@@ -16,7 +16,7 @@ SELECT table_name, column_name, data_type, is_nullable, column_default
 FROM information_schema.columns WHERE table_schema = 'public'
 ORDER BY table_name, ordinal_position
 """
-MIGRATIONS = ["0001.initial", "0002.parts-and-tools"]
+MIGRATIONS = ["0001.initial", "0002.parts-and-tools", "0003.tree"]
 INDEX_QUERY = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
 
 
@@ -181,3 +181,45 @@ def test_deleting_a_streaming_answer_deletes_its_chunks(conn: psycopg.Connection
     )
     conn.execute("DELETE FROM conversations WHERE id = %s", (conversation,))
     assert conn.execute("SELECT count(*) FROM message_chunks").fetchone() == (0,)
+
+
+def test_existing_conversations_become_one_branch(empty_db: str) -> None:
+    assert migrations.upgrade(empty_db, until="0002.parts-and-tools")[-1] == "0002.parts-and-tools"
+    with psycopg.connect(empty_db) as conn:
+        user = conn.execute("INSERT INTO users (name) VALUES ('old') RETURNING id").fetchone()
+        assert user is not None
+        lines = []
+        for _ in range(2):
+            row = conn.execute(
+                "INSERT INTO conversations (user_id) VALUES (%s) RETURNING id", user
+            ).fetchone()
+            assert row is not None
+            ids = []
+            for n in range(4):
+                role = "user" if n % 2 == 0 else "assistant"
+                ids += (
+                    conn.execute(
+                        "INSERT INTO messages (conversation_id, role, status, content, "
+                        "completed_at) VALUES (%s, %s, 'completed', %s, now()) RETURNING id",
+                        (row[0], role, f"m{n}"),
+                    ).fetchone()
+                    or ()
+                )
+            lines.append((row[0], ids))
+    assert migrations.upgrade(empty_db) == ["0003.tree"]
+    with psycopg.connect(empty_db) as conn:
+        for conversation, ids in lines:
+            parents = dict(
+                conn.execute(
+                    "SELECT id, parent_id FROM messages WHERE conversation_id = %s", (conversation,)
+                ).fetchall()
+            )
+            assert parents == dict(zip(ids, [None, *ids[:-1]], strict=True))
+            leaf = conn.execute(
+                "SELECT current_leaf_id FROM conversations WHERE id = %s", (conversation,)
+            ).fetchone()
+            assert leaf == (ids[-1],)
+            branch = conn.execute(
+                "SELECT id FROM conversation_branch(%s)", (conversation,)
+            ).fetchall()
+            assert [row[0] for row in branch] == ids

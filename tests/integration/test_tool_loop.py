@@ -234,3 +234,44 @@ def test_chatsvc_show_lists_an_answers_tool_calls(app: AppServer, client: ApiCli
     assert "reasoning=8 chars" in shown.output
     assert "tool add call_0_0: output-available" in shown.output
     assert "tool broken call_0_1: output-error" in shown.output and "HTTP 500" in shown.output
+
+
+def test_continue_after_a_cancel_during_a_tool_call_goes_on_from_its_outcome(
+    app: AppServer, client: ApiClient, fake_llm: FakeLLMServer, fake_tools: FakeToolServer
+) -> None:
+    app.runtime.answerer.registry.tools["slow"] = app.runtime.answerer.registry.tools[
+        "slow"
+    ].model_copy(update={"timeout_s": 30.0})  # type: ignore[union-attr]
+    content = "@fake calls=slow:{} chunks=3 reasoning=1"
+    message_id = client.ask(content)
+    assert fake_tools.app.arrived.wait(10)
+    client.post(f"/api/messages/{message_id}/cancel")
+    stopped = client.wait_terminal(message_id)
+    sent_to_tools = len(fake_tools.app.received)
+    response = client.post(f"/api/messages/{message_id}/continue")
+    assert response.status_code == 202, response.text
+    assert response.json()["parts"] == stopped["parts"]  # as stopped, streaming again
+    final = client.wait_terminal(message_id)
+    # The abandoned call is not sent again: the model is told its outcome and answers.
+    assert len(fake_tools.app.received) == sent_to_tools
+    assert final["status"] == "completed"
+    assert final["content"] == script_text(parse_directives(content))
+    assert [p["type"] for p in final["parts"]] == ["reasoning", "tool", "reasoning", "text"]
+    assert final["parts"][1] == stopped["parts"][1]
+    told = fake_llm.app.requests[-1]["messages"]
+    assert told[-1]["role"] == "tool" and "cancelled" in told[-1]["content"]
+    assert [c[0] for c in _llm_calls(app.db_url, message_id)] == [0, 1]
+
+
+def test_chatsvc_show_lists_the_current_branch_with_its_versions(
+    app: AppServer, client: ApiClient
+) -> None:
+    conversation = client.conversation()["id"]
+    sent = client.send(conversation, "@fake chunks=2")
+    old = client.wait_terminal(sent["assistant_message"]["id"])
+    new = client.post(f"/api/messages/{old['id']}/regenerate").json()["assistant_message"]
+    client.wait_terminal(new["id"])
+    shown = CliRunner().invoke(cli.main, ["show", conversation], env={"DATABASE_URL": app.db_url})
+    assert shown.exit_code == 0, shown.output
+    assert new["id"] in shown.output and old["id"] not in shown.output
+    assert "version 2/2" in shown.output

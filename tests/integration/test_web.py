@@ -164,10 +164,11 @@ def test_terminal_answers_show_their_status(user: ApiClient, llm_app: AppServer)
     user.wait_terminal(completed["id"])
     with psycopg.connect(llm_app.db_url) as conn:  # as a takeover under policy interrupt leaves it
         conn.execute(
-            "INSERT INTO messages (conversation_id, role, status, content, content_length, "
-            "completed_at, error) VALUES (%s, 'assistant', 'interrupted', 'half <i>an', 10, "
-            "now(), 'the answer was interrupted')",
-            (conversation["id"],),
+            "WITH m AS (INSERT INTO messages (conversation_id, parent_id, role, status, content, "
+            "content_length, completed_at, error) VALUES (%s, %s, 'assistant', 'interrupted', "
+            "'half <i>an', 10, now(), 'the answer was interrupted') RETURNING id) "
+            "UPDATE conversations SET current_leaf_id = (SELECT id FROM m) WHERE id = %s",
+            (conversation["id"], completed["id"], conversation["id"]),
         )
     page = _page(_browser(user), f"{llm_app.base}/c/{conversation['id']}")
     answers = [a for a in _rendered(page) if a["role"] == "assistant"]

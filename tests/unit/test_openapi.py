@@ -75,6 +75,7 @@ def test_sse_routes_declare_their_events(spec: dict[str, Any]) -> None:
         "/api/messages/{message_id}/stream": {"delta", "reasoning", "tool", "status", "done"},
         "/api/conversations/{conversation_id}/stream": {
             "message",
+            "branch",
             "delta",
             "reasoning",
             "tool",

@@ -12,7 +12,13 @@ from chatsvc.engine import messages as message_rows
 from chatsvc.engine.conversations import Conversation
 from chatsvc.engine.messages import Message
 from chatsvc.engine.status import ConversationStatus
-from chatsvc.errors import InvalidRequest, NotFound, StreamActive, TokenLimitExceeded
+from chatsvc.errors import (
+    InvalidRequest,
+    NotFound,
+    StreamActive,
+    TokenLimitExceeded,
+    ValidationError,
+)
 from chatsvc.web import schemas, sse
 from chatsvc.web.api import bp
 from chatsvc.web.auth import current_user
@@ -68,7 +74,7 @@ def get_conversation(conversation_id: UUID) -> schemas.ConversationWithMessages:
     """A conversation and its messages, streaming answers with their checkpointed text."""
     with connection() as conn:
         conversation = conversations.get_visible(conn, current_user().id, conversation_id)
-        rows = message_rows.in_conversation(conn, conversation_id)
+        rows = message_rows.current_branch(conn, conversation_id)
     summary = schemas.Conversation.model_validate(conversation)
     return schemas.ConversationWithMessages(**dict(summary), messages=rows)
 
@@ -103,17 +109,23 @@ def send_message(conversation_id: UUID, body: schemas.SendMessage) -> tuple[sche
         model=body.model,
         client_message_id=body.client_message_id,
     )
-    return exchange(sent), 202 if sent.created else 200
+    return schemas.exchange(sent), 202 if sent.created else 200
 
 
-def exchange(sent: commands.Sent) -> schemas.Exchange:
-    """The response to a send: both messages, and where to follow the answer."""
-    answer = sent.exchange.assistant_message
-    return schemas.Exchange(
-        user_message=sent.exchange.user_message,
-        assistant_message=answer,
-        stream_url=f"/api/messages/{answer.id}/stream",
-    )
+@route(
+    bp,
+    "PUT",
+    "/conversations/<uuid:conversation_id>/branch",
+    body=schemas.SwitchBranch,
+    response=schemas.ConversationWithMessages,
+    errors=(NotFound, ValidationError, StreamActive),
+)
+def switch_branch(
+    conversation_id: UUID, body: schemas.SwitchBranch
+) -> schemas.ConversationWithMessages:
+    """Show the branch through a message, down to the newest message below it."""
+    commands.switch_branch(runtime(), current_user(), conversation_id, body.message_id)
+    return get_conversation(conversation_id)
 
 
 @route(

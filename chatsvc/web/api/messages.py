@@ -1,4 +1,5 @@
-"""Single messages: GET /api/messages/{id}, cancel, and the answer's stream."""
+"""Single messages: GET /api/messages/{id}, cancel, continue, regenerate, edit, and the
+answer's stream."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ from flask import Response
 from chatsvc.engine import commands
 from chatsvc.engine import messages as message_rows
 from chatsvc.engine.messages import Message
-from chatsvc.errors import InvalidRequest, NotFound
-from chatsvc.web import sse
+from chatsvc.errors import (
+    InvalidRequest,
+    NotFound,
+    StreamActive,
+    TokenLimitExceeded,
+    ValidationError,
+)
+from chatsvc.web import schemas, sse
 from chatsvc.web.api import bp
 from chatsvc.web.auth import current_user
 from chatsvc.web.context import connection, runtime
@@ -36,6 +43,67 @@ def get_message(message_id: UUID) -> Message:
 def cancel_message(message_id: UUID) -> Message:
     """Record the intent to cancel an answer; its owner stops within a checkpoint interval."""
     return commands.cancel_message(runtime(), current_user(), message_id)
+
+
+TREE_ERRORS = (NotFound, ValidationError, StreamActive, TokenLimitExceeded)
+
+
+@route(
+    bp,
+    "POST",
+    "/messages/<uuid:message_id>/continue",
+    body=schemas.ChooseModel,
+    response=Message,
+    status=202,
+    errors=TREE_ERRORS,
+)
+def continue_message(message_id: UUID, body: schemas.ChooseModel) -> Message:
+    """Stream a stopped answer again, appended at its end (Stop, then Continue: a pause)."""
+    return commands.continue_answer(runtime(), current_user(), message_id, model=body.model)
+
+
+@route(
+    bp,
+    "POST",
+    "/messages/<uuid:message_id>/regenerate",
+    body=schemas.ChooseModel,
+    response=schemas.Regenerated,
+    status=202,
+    errors=TREE_ERRORS,
+)
+def regenerate_message(message_id: UUID, body: schemas.ChooseModel) -> schemas.Regenerated:
+    """A new answer beside this one, on a branch that becomes current."""
+    sent = commands.regenerate(runtime(), current_user(), message_id, model=body.model)
+    answer = sent.exchange.assistant_message
+    return schemas.Regenerated(
+        assistant_message=answer, stream_url=f"/api/messages/{answer.id}/stream"
+    )
+
+
+@route(
+    bp,
+    "POST",
+    "/messages/<uuid:message_id>/edit",
+    body=schemas.EditMessage,
+    response=schemas.Exchange,
+    status=202,
+    responses={
+        200: "`client_message_id` was already used in this conversation: the same pair, "
+        "and nothing is started."
+    },
+    errors=TREE_ERRORS,
+)
+def edit_message(message_id: UUID, body: schemas.EditMessage) -> tuple[schemas.Exchange, int]:
+    """A new version of a user message and its answer, on a branch that becomes current."""
+    sent = commands.edit(
+        runtime(),
+        current_user(),
+        message_id,
+        body.content,
+        model=body.model,
+        client_message_id=body.client_message_id,
+    )
+    return schemas.exchange(sent), 202 if sent.created else 200
 
 
 @route(
