@@ -38,7 +38,8 @@ HTTP = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 ANSWERS = Counter("chatsvc_answers", "Answers ended, by terminal status.", ["status"])
 ANSWERS_STARTED = Counter(
     "chatsvc_answers_started",
-    "Answers whose generation started: `sent` by a client, `resumed` after a takeover.",
+    "Answers whose generation started: `sent` (a send, regenerate or edit), or `resumed` "
+    "(continuing an answer's text: after a takeover, or a client's continue).",
     ["how"],
 )
 TOKENS = Counter(
