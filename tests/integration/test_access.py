@@ -70,6 +70,35 @@ def test_a_send_beyond_the_users_active_streams_is_429_and_writes_nothing(
     assert alice.send(third, "@fake chunks=2")["assistant_message"]["status"] == "streaming"
 
 
+def test_regenerate_edit_and_continue_count_against_the_limit_too(limited: AppServer) -> None:
+    alice = ApiClient(limited.base, make_user(limited.db_url, "alice"))
+    conversation = alice.conversation()["id"]
+    sent = alice.send(conversation, "@fake chunks=2")
+    answer, question = sent["assistant_message"]["id"], sent["user_message"]["id"]
+    alice.wait_terminal(answer)
+    stopped = alice.send(alice.conversation()["id"], SLOW)["assistant_message"]
+    alice.post(f"/api/messages/{stopped['id']}/cancel")
+    alice.wait_terminal(stopped["id"])
+    busy = [alice.send(alice.conversation()["id"], SLOW)["assistant_message"] for _ in range(2)]
+    before = _count(limited.db_url, "messages")
+    for path, body in (
+        (f"/api/messages/{answer}/regenerate", None),
+        (f"/api/messages/{question}/edit", {"content": "again"}),
+        (f"/api/messages/{stopped['id']}/continue", None),
+    ):
+        refused = alice.post(path, body)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (
+            429,
+            "too_many_streams",
+        ), path
+    assert _count(limited.db_url, "messages") == before
+    assert alice.get(f"/api/messages/{stopped['id']}").json()["status"] == "cancelled"
+    for message in busy:
+        alice.post(f"/api/messages/{message['id']}/cancel")
+        alice.wait_terminal(message["id"])
+    assert alice.post(f"/api/messages/{stopped['id']}/continue").status_code == 202
+
+
 def test_concurrent_sends_of_one_user_on_two_instances_never_exceed_the_limit(
     limited: AppServer,
 ) -> None:
