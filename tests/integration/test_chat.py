@@ -306,6 +306,13 @@ def test_errors_before_the_stream_use_the_api_error_body(llm_app: AppServer) -> 
         400,
         "invalid_json",
     )
+    # A model the operator did not list: 422 before anything is written (no conversation
+    # for the new key either).
+    error(
+        alice.post("/api/chat", {**chat_body("x", "hi"), "model": "nope/none"}),
+        422,
+        "unknown_model",
+    )
     assert query(llm_app.db_url, "SELECT 1 FROM conversations") == []
     # A second message while the first answer streams: 409, and nothing written.
     read_chunks(
