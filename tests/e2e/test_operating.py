@@ -76,7 +76,12 @@ def test_metrics_sum_every_worker_and_every_log_line_is_json(
 ) -> None:
     tools = tmp_path / "tools.toml"
     tools.write_text(f'[[tools]]\nname = "add"\nurl = "{fake_tools.url("ok", "add")}"\n')
-    env = {"CHATSVC_LOG_FORMAT": "json", "CHATSVC_TOOLS_FILE": str(tools)}
+    # Up to 40 answers may stream at once while the sends find both workers.
+    env = {
+        "CHATSVC_LOG_FORMAT": "json",
+        "CHATSVC_TOOLS_FILE": str(tools),
+        "CHATSVC_MAX_ACTIVE_PER_USER": "50",
+    }
     token = make_user(db, "operator")
     instance = Instance(db, fake_llm, workers=2, env=env)
     with serving(instance):
