@@ -91,25 +91,18 @@ def regenerate(rt: Runtime, user: User, message_id: UUID, *, model: str | None =
     """A new answer beside an answer (same question), on a branch that becomes current."""
     _accepting(rt)
     with wrap_exceptions(), rt.pool.connection() as conn:
-        answer = message_rows.get_visible(conn, user.id, message_id)
-        if answer.role != "assistant" or answer.parent_id is None:
+        answer, conversation = _version_of(
+            conn,
+            user,
+            message_id,
+            "assistant",
+            "Only an answer can be regenerated; a question is edited.",
+        )
+        if answer.parent_id is None:
             raise ValidationError("Only an answer can be regenerated; a question is edited.")
-        conversation = conversations.get_visible(conn, user.id, answer.conversation_id)
         model = models.choose(rt.settings, model or answer.model)
         _within_budget(rt, conn, user)
-        with conn.transaction():
-            tree.lock(conn, conversation.id)
-            sent = _exchange(
-                rt,
-                conn,
-                conversation,
-                user,
-                answer.parent_id,
-                content=None,
-                client_message_id=None,
-                model=model,
-                moved=True,
-            )
+        sent = _branch_off(rt, conn, conversation, user, answer.parent_id, None, None, model)
     return _started(rt, sent)
 
 
@@ -127,27 +120,20 @@ def edit(
     _accepting(rt)
     model = models.choose(rt.settings, model)
     with wrap_exceptions(), rt.pool.connection() as conn:
-        question = message_rows.get_visible(conn, user.id, message_id)
-        if question.role != "user":
-            raise ValidationError("Only a user message can be edited; an answer is regenerated.")
-        conversation = conversations.get_visible(conn, user.id, question.conversation_id)
+        question, conversation = _version_of(
+            conn,
+            user,
+            message_id,
+            "user",
+            "Only a user message can be edited; an answer is regenerated.",
+        )
         earlier = _earlier(conn, conversation.id, client_message_id)
         if earlier is not None:
             return earlier
         _within_budget(rt, conn, user)
-        with conn.transaction():
-            tree.lock(conn, conversation.id)
-            sent = _exchange(
-                rt,
-                conn,
-                conversation,
-                user,
-                question.parent_id,
-                content=content,
-                client_message_id=client_message_id,
-                model=model,
-                moved=True,
-            )
+        sent = _branch_off(
+            rt, conn, conversation, user, question.parent_id, content, client_message_id, model
+        )
     return _started(rt, sent)
 
 
@@ -229,6 +215,43 @@ def switch_branch(rt: Runtime, user: User, conversation_id: UUID, message_id: UU
             if newest != leaf:
                 tree.show(conn, conversation_id, newest)
                 events.send(conn, [events.BranchChanged(conversation_id, newest)])
+
+
+def _version_of(
+    conn: Connection[Any], user: User, message_id: UUID, role: str, why: str
+) -> tuple[Message, Conversation]:
+    """A message the user may see, which must have `role`, and its conversation."""
+    message = message_rows.get_visible(conn, user.id, message_id)
+    if message.role != role:
+        raise ValidationError(why)
+    return message, conversations.get_visible(conn, user.id, message.conversation_id)
+
+
+def _branch_off(  # noqa: PLR0917 - the parts of a new version, in the order they nest
+    rt: Runtime,
+    conn: Connection[Any],
+    conversation: Conversation,
+    user: User,
+    parent_id: UUID | None,
+    content: str | None,
+    client_message_id: str | None,
+    model: str,
+) -> Sent:
+    """A new version after `parent_id` (a question and its answer, or an answer alone when
+    `content` is None), holding the conversation row; its branch becomes current."""
+    with conn.transaction():
+        tree.lock(conn, conversation.id)
+        return _exchange(
+            rt,
+            conn,
+            conversation,
+            user,
+            parent_id,
+            content=content,
+            client_message_id=client_message_id,
+            model=model,
+            moved=True,
+        )
 
 
 def _accepting(rt: Runtime) -> None:
