@@ -17,6 +17,17 @@ message, e.g. "@fake chunks=40 size=3 delay=0.02 alphabet=mixed fail_after=10":
     stamp       1 to start each chunk with "<N>", N = CLOCK_MONOTONIC in ns when it
                 is sent (system-wide, so another process can measure delivery
                 latency); the chunk is at least as long as the stamp
+    clock       1 for a real model's shape with a clock: the answer's first content
+                chunk is exactly the stamp "<T0>" (T0 = CLOCK_MONOTONIC ns when
+                it is sent, at once, with no delay before it); then come the
+                `chunks` text chunks (of `size` code points; `chunks` does not
+                count the stamp), chunk k (k >= 1) sent on an absolute schedule
+                at T0 + k * delay (a late chunk is sent at once, and the next one
+                keeps the schedule: no drift). So a client knows when every
+                character offset o was due: chunk 0 if o < len(stamp), else
+                chunk 1 + (o - len(stamp)) // size. Overrides `stamp`; a clocked
+                answer that chatsvc asks to continue starts again from its first
+                text chunk (a fresh stamp, no schedule kept across calls)
     reasoning   chunks of reasoning (`delta.reasoning_content`) before each
                 model call's content or tool calls (default 0)
     calls       tool calls, `name:{json args};name2:{...}` (no spaces): the model
@@ -41,9 +52,10 @@ message, e.g. "@fake chunks=40 size=3 delay=0.02 alphabet=mixed fail_after=10":
                 `_` for spaces) is the error's message
 
 Chunk counts for fail_after and hang_after include reasoning and argument
-fragments. The answer is a pure function of the directives and of how many tool
-steps the prompt already holds (except stamps), so when chatsvc asks it to
-continue a partial answer it continues the same text from that point.
+fragments (and a clocked answer's stamp). The answer is a pure function of the
+directives and of how many tool steps the prompt already holds (except stamps),
+so when chatsvc asks it to continue a partial answer it continues the same text
+from that point.
 """
 
 from __future__ import annotations
@@ -211,6 +223,8 @@ class FakeLLM:
                 text = text[len(partial) :] if text.startswith(partial) else text
                 repeat = int(directives.get("repeat", 0))
                 text = (partial[-repeat:] if repeat else "") + text
+            if directives.get("clock") == "1":
+                deltas.append({CLOCK: True})  # the stamp, made when it is sent
             deltas += [{"content": chunk} for chunk in split(text, size)]
             finish = "stop"
         start_response("200 OK", [("Content-Type", "text/event-stream")])
@@ -255,11 +269,20 @@ class FakeLLM:
             return f"data: {json.dumps(payload)}\n\n".encode()
 
         yield event({"role": "assistant", "content": ""})
+        schedule: Schedule | None = None
         for index, delta in enumerate(deltas):
             if index == fail_after:
                 raise ConnectionResetError("fake provider dropped the connection")
             if index == hang_after:
                 time.sleep(3600)
+            if delta.get(CLOCK):
+                schedule = Schedule(time.monotonic_ns(), delay)
+                yield event({"content": f"<{schedule.t0}>"})
+                continue
+            if schedule is not None and "content" in delta:
+                schedule.wait_next()
+                yield event(delta)
+                continue
             if delay:
                 time.sleep(delay)
             if stamp and "content" in delta:
@@ -276,6 +299,25 @@ class FakeLLM:
             }
             yield event({}, usage=usage)
         yield b"data: [DONE]\n\n"
+
+
+CLOCK = "clock"  # marks where a clocked answer's stamp goes among the deltas
+
+
+class Schedule:
+    """A clocked answer's absolute schedule: text chunk k is due at t0 + k * delay."""
+
+    def __init__(self, t0: int, delay: float) -> None:
+        self.t0 = t0
+        self.delay_ns = round(delay * 1e9)
+        self.sent = 0  # text chunks sent so far
+
+    def wait_next(self) -> None:
+        """Sleep until the next text chunk is due (not at all if it is late already)."""
+        self.sent += 1
+        late_by = time.monotonic_ns() - (self.t0 + self.sent * self.delay_ns)
+        if late_by < 0:
+            time.sleep(-late_by / 1e9)
 
 
 ERROR_TYPES = {
