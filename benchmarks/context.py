@@ -1,13 +1,15 @@
 """What every measurement works with: the parameters, the running services, the counters.
 
-chatsvc runs as two single-worker instances, A and B, sharing the database, plus C,
-which holds each answer's checkpoints a checkpoint interval apart
+chatsvc runs as two single-worker instances, A and B, sharing the database, plus (in
+the full run) C, which holds each answer's checkpoints a checkpoint interval apart
 (`CHATSVC_CHECKPOINT_MIN_MS`); the baseline as two single-worker instances too.
 """
 
 from __future__ import annotations
 
 import re
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,19 @@ NS = 1_000_000_000
 class Params:
     """What a run measures, and how hard."""
 
+    # The headline: a real model's shape (clocked tokens), chatsvc next to the baseline.
+    token_chars: int = 4
+    token_rate: float = 50.0  # tokens per second per answer
+    headline_answer_s: float = 10.0  # 500 tokens, about 2,000 characters
+    headline_levels: tuple[int, ...] = (10, 50, 200)
+    headline_window_s: float = 12.0
+    headline_bound_level: int = 50  # where the p99 target applies
+    headline_wal_repeats: int = 3  # single answers measured for WAL (the median counts)
+    runs: int = 1  # headline measurements in one process (each figure becomes a range)
+    # The ceiling: concurrent answers at the headline pace, stepped up until the bound breaks.
+    ceiling_levels: tuple[int, ...] = (50, 100, 150, 200, 300, 400, 500, 600, 800)
+    ceiling_window_s: float = 15.0
+    # The old, secondary shape: stamped chunks.
     streams: int = 200
     rate: float = 20.0  # chunks per second per stream
     chunk_chars: int = 24  # room for a stamp ("<" + up to 20 digits + ">")
@@ -42,10 +57,17 @@ class Params:
     checkpoint_ms: int = 100
     takeover_trials: int = 3
     profile: bool = False
-    max_seconds: float = 900.0
+    max_seconds: float = 900.0  # the full run besides the headline (time_limit adds it)
 
 
 SMOKE = Params(
+    headline_answer_s=1.0,
+    headline_levels=(5,),
+    headline_window_s=1.0,
+    headline_bound_level=5,
+    headline_wal_repeats=1,
+    ceiling_levels=(5, 10),
+    ceiling_window_s=1.0,
     streams=10,
     answer_s=0.5,
     window_s=0.5,
@@ -72,7 +94,8 @@ class Bench:
     token: str
     out: Path  # profiles and other files worth keeping
     restart: Callable[[int], Service]  # a fresh chatsvc instance in slot i (after a kill)
-    batched: Service  # C: chatsvc with CHATSVC_CHECKPOINT_MIN_MS = the checkpoint interval
+    batched: Service | None  # C (full run only): CHATSVC_CHECKPOINT_MIN_MS = checkpoint_ms
+    coalesce_ms: int = 0  # A's and B's CHATSVC_CHECKPOINT_MIN_MS: the headline's bound - 30 ms
     notes: list[str] = field(default_factory=list)
     _seed: int = 0
 
@@ -80,6 +103,11 @@ class Bench:
         """A fresh seed, so no two answers are the same text."""
         self._seed += 1
         return f"{what}{self._seed}"
+
+
+def say(message: str) -> None:
+    """Progress, on stderr (stdout is for the table)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # --- database counters -------------------------------------------------------------

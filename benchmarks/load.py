@@ -1,10 +1,16 @@
 """The load: concurrent answers followed over SSE, idle subscribers, and what the clients saw.
 
-Every chunk the fake LLM sends carries its emit time (`stamp=1`: "<N>" with N the
-CLOCK_MONOTONIC nanoseconds, system-wide on Linux). A client parses every stamp
-in each text it receives (chatsvc merges chunks into deltas, and a `message`
-event may carry text already committed) and records receive minus emit, with the
-receive time taken when the bytes came off the socket.
+Answers come in two shapes (`Shape`). A real model's (`clock=1`): token-sized
+chunks after one stamp "<T0>", T0 the CLOCK_MONOTONIC nanoseconds (system-wide
+on Linux) when the fake LLM sent it, chunk k due at T0 + k·delay; the client
+knows the offset of every text it receives (chatsvc merges chunks into deltas,
+and a `message` event may carry text already committed), so for each chunk
+whose last character arrived it records receive minus due time. The old shape
+(`stamp=1`): every chunk starts with "<N>", its emit time; the client parses
+every stamp in each text it receives and records receive minus emit. Receive
+times are taken when the bytes came off the socket. Each answer's time to first
+text is measured too: from just before the request that starts it (chatsvc's
+`POST /messages`, the baseline's `POST /stream`) to its first text.
 
 A chatsvc answer is followed the way the conversation page does it: subscribe to
 `GET /api/conversations/{id}/stream` (on one instance), then `POST` the message
@@ -33,10 +39,43 @@ STAMP = re.compile(r"<(\d{6,})>")
 NS_PER_MS = 1_000_000
 
 
-def prompt(chunks: int, size: int, delay: float, seed: str, *, stamp: bool = True) -> str:
+def prompt(
+    chunks: int, size: int, delay: float, seed: str, *, stamp: bool = True, clock: bool = False
+) -> str:
     """The user message that scripts the fake LLM's answer."""
     text = f"@fake chunks={chunks} size={size} delay={delay:g} seed={seed}"
+    if clock:
+        return text + " clock=1"
     return text + " stamp=1" if stamp else text
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What each answer of a load run is: `chunks` text chunks of `size` characters, `delay`
+    seconds apart; clocked (a real model's shape, `clock=1`) or stamped (`stamp=1`)."""
+
+    chunks: int
+    size: int
+    delay: float
+    clock: bool = False
+
+    @property
+    def answer_s(self) -> float:
+        """How long one answer streams."""
+        return self.chunks * self.delay
+
+    @property
+    def rate(self) -> float:
+        """Chunks per second of one answer."""
+        return 1 / self.delay
+
+    def prompt(self, seed: str) -> str:
+        """The user message that asks for one answer of this shape."""
+        return prompt(self.chunks, self.size, self.delay, seed, clock=self.clock)
+
+    def tracker(self, samples: Samples) -> Tracker:
+        """What follows one answer of this shape."""
+        return ClockTracker(samples, self) if self.clock else StampTracker(samples)
 
 
 @dataclass
@@ -46,6 +85,8 @@ class Samples:
     emitted: array[int] = field(default_factory=lambda: array("q"))
     latency: array[int] = field(default_factory=lambda: array("q"))
     rates: list[float] = field(default_factory=list)  # chunks/s of each finished stream
+    sent: array[int] = field(default_factory=lambda: array("q"))  # each answer's request
+    first_text: array[int] = field(default_factory=lambda: array("q"))  # and its first text
     chars: int = 0
     ok: int = 0
     failed: int = 0
@@ -56,9 +97,13 @@ class Samples:
         self.chars += len(text)
         stamps = [int(m) for m in STAMP.findall(text)]
         for emitted in stamps:
-            self.emitted.append(emitted)
-            self.latency.append(received_ns - emitted)
+            self.add(emitted, received_ns)
         return stamps
+
+    def add(self, emitted_ns: int, received_ns: int) -> None:
+        """Record one chunk: when it was emitted (or due), when it was received."""
+        self.emitted.append(emitted_ns)
+        self.latency.append(received_ns - emitted_ns)
 
     def fail(self, error: BaseException | str) -> None:
         """Count a stream that did not end well (keeping the first few reasons)."""
@@ -93,9 +138,19 @@ class Samples:
                 worst[second] = max(worst.get(second, 0), lat)
         return [round(worst.get(s, 0) / NS_PER_MS) for s in range(max(worst, default=-1) + 1)]
 
+    def time_to_first_text(self, start_ns: int, end_ns: int) -> list[float]:
+        """Time to first text (ms) of the answers asked in [start, end)."""
+        return [
+            (first - sent) / NS_PER_MS
+            for sent, first in zip(self.sent, self.first_text, strict=True)
+            if start_ns <= sent < end_ns
+        ]
+
     def summary(self, start_ns: int = 0, end_ns: int = 2**63 - 1) -> dict[str, Any]:
-        """Counts, and latency percentiles of the chunks emitted in the window."""
+        """Counts, and latency percentiles of the chunks emitted in the window (and time to
+        first text of the answers asked in it)."""
         window, received = self.in_window(start_ns, end_ns)
+        firsts = self.time_to_first_text(start_ns, end_ns)
         return {
             "answers_ok": self.ok,
             "answers_failed": self.failed,
@@ -107,18 +162,60 @@ class Samples:
             "p99_ms": percentile(window, 99),
             "max_ms": max(window) if window else None,
             "rate_per_stream": percentile(self.rates, 50),
+            "first_text_samples": len(firsts),
+            "first_text_p50_ms": percentile(firsts, 50),
+            "first_text_p99_ms": percentile(firsts, 99),
         }
 
 
-class _Stamps:
-    """First and last emit time of one stream, for its achieved chunk rate."""
+class Tracker:
+    """One answer as a client sees it: fed every text of the answer with its offset and
+    receive time, it records delivery samples, its time to first text and achieved rate."""
 
-    def __init__(self) -> None:
+    def __init__(self, samples: Samples) -> None:
+        self.samples = samples
+        self.sent_ns = 0  # just before the request that starts the answer
+        self.first_text_ns = 0
+
+    def text(self, offset: int, text: str, received_ns: int) -> None:
+        """Text of the answer from `offset` on, received at `received_ns`."""
+        if text and not self.first_text_ns:
+            self.first_text_ns = received_ns
+        self.samples.chars += len(text)
+        self._record(offset, text, received_ns)
+
+    def _record(self, offset: int, text: str, received_ns: int) -> None:
+        raise NotImplementedError
+
+    def rate(self) -> float | None:
+        """Chunks per second this answer was delivered at (None: too few to tell)."""
+        raise NotImplementedError
+
+    def finished(self) -> None:
+        """The answer ended well: count it, with its rate and its time to first text."""
+        self.samples.ok += 1
+        rate = self.rate()
+        if rate is not None:
+            self.samples.rates.append(rate)
+        if self.sent_ns and self.first_text_ns:
+            self.samples.sent.append(self.sent_ns)
+            self.samples.first_text.append(self.first_text_ns)
+
+
+class StampTracker(Tracker):
+    """A stamped answer (`stamp=1`): every chunk carries its emit time; the rate is taken
+    from the first and last emit time."""
+
+    def __init__(self, samples: Samples) -> None:
+        super().__init__(samples)
         self.first = 0
         self.last = 0
         self.count = 0
 
-    def add(self, stamps: list[int]) -> None:
+    def _record(self, offset: int, text: str, received_ns: int) -> None:
+        stamps = [int(m) for m in STAMP.findall(text)]
+        for emitted in stamps:
+            self.samples.add(emitted, received_ns)
         if stamps:
             self.first = self.first or stamps[0]
             self.last = stamps[-1]
@@ -128,6 +225,50 @@ class _Stamps:
         if self.count < 2 or self.last <= self.first:
             return None
         return (self.count - 1) / ((self.last - self.first) / 1e9)
+
+
+class ClockTracker(Tracker):
+    """A clocked answer (`clock=1`): the stamp "<T0>" (chunk 0), then chunk k ≥ 1 of `size`
+    characters due at T0 + k·delay. A chunk is received when its last character is; the
+    rate is taken from the receive times of the first and last text received."""
+
+    def __init__(self, samples: Samples, shape: Shape) -> None:
+        super().__init__(samples)
+        self.shape = shape
+        self.delay_ns = round(shape.delay * 1e9)
+        self.head = ""  # the text before the stamp is whole
+        self.stamp_len = 0
+        self.t0 = 0
+        self.first: tuple[int, int] | None = None  # (chunk, received) of the first text chunk
+        self.last: tuple[int, int] | None = None
+
+    def _record(self, offset: int, text: str, received_ns: int) -> None:
+        if not self.stamp_len:
+            self.head += text
+            end = self.head.find(">")
+            if end < 0:
+                return
+            self.stamp_len, self.t0 = end + 1, int(self.head[1:end])
+        completed = self.completed(offset, offset + len(text))
+        for k in completed:
+            self.samples.add(self.t0 + k * self.delay_ns, received_ns)
+        if completed and completed[-1] >= 1:
+            self.first = self.first or (completed[-1], received_ns)
+            self.last = (completed[-1], received_ns)
+
+    def completed(self, start: int, end: int) -> list[int]:
+        """The chunks whose last character is at an offset in [start, end)."""
+        size, stamp = self.shape.size, self.stamp_len
+        chunks = [0] if start <= stamp - 1 < end else []
+        # chunk k ≥ 1 ends at offset stamp + k·size - 1
+        low = max(1, -(-(start - stamp + 1) // size))
+        high = min(self.shape.chunks, (end - stamp) // size)
+        return chunks + list(range(low, high + 1))
+
+    def rate(self) -> float | None:
+        if self.first is None or self.last is None or self.last[1] <= self.first[1]:
+            return None
+        return (self.last[0] - self.first[0]) / ((self.last[1] - self.first[1]) / 1e9)
 
 
 def _events(response: wire.Response, parser: wire.SseParser) -> tuple[int, list[wire.Event]]:
@@ -157,12 +298,15 @@ def chatsvc_answer(
     follow_base: str,
     token: str,
     conversation_id: str,
-    content: str,
+    shape: Shape,
     *,
+    seed: str,
     samples: Samples,
     timeout: float,
 ) -> None:
     """Follow a conversation on one instance, send a message on another, read to `done`."""
+    content = shape.prompt(seed)
+    tracker = shape.tracker(samples)
     auth = {"Authorization": f"Bearer {token}"}
     path = f"/api/conversations/{conversation_id}/stream"
     sent: list[gevent.Greenlet] = []
@@ -173,6 +317,7 @@ def chatsvc_answer(
 
         def post() -> None:
             try:
+                tracker.sent_ns = time.monotonic_ns()
                 send_message(send_base, token, conversation_id, content, timeout)
             except Exception as exc:
                 failed.append(exc)
@@ -185,7 +330,7 @@ def chatsvc_answer(
 
         try:
             with gevent.Timeout(timeout, AssertionError(f"no `done` within {timeout:g} s")):
-                stamps = _read_answer(response, send, samples)
+                _read_answer(response, send, tracker)
         except Exception:
             if failed:
                 raise failed[0] from None
@@ -193,12 +338,11 @@ def chatsvc_answer(
         sent[0].join(timeout=timeout)
         if failed:
             raise failed[0]
-        _finished(samples, stamps)
+        tracker.finished()
 
 
-def _read_answer(response: wire.Response, send: Callable[[], None], samples: Samples) -> _Stamps:
+def _read_answer(response: wire.Response, send: Callable[[], None], tracker: Tracker) -> None:
     """Read a conversation stream: send once subscribed, then the answer's text to `done`."""
-    stamps = _Stamps()
     parser = wire.SseParser()
     sent = False
     answer: str | None = None
@@ -214,18 +358,18 @@ def _read_answer(response: wire.Response, send: Callable[[], None], samples: Sam
             data = json.loads(event.data)
             if event.event == "message" and data["role"] == "assistant":
                 answer, offset = data["id"], data["content_length"]
-                stamps.add(samples.record(data["content"], received_ns))
+                tracker.text(0, data["content"], received_ns)
                 if data["status"] != "streaming":  # announced after it ended: no `done`
                     _check_ending(data["status"], data["content_length"], offset, data)
-                    return stamps
+                    return
             elif event.event == "delta" and data["message_id"] == answer:
                 if data["offset"] != offset:
                     raise AssertionError(f"gap or overlap at {offset}: {data['offset']}")
+                tracker.text(offset, data["text"], received_ns)
                 offset += len(data["text"])
-                stamps.add(samples.record(data["text"], received_ns))
             elif event.event == "done" and data["message_id"] == answer:
                 _check_ending(data["status"], data["content_length"], offset, data)
-                return stamps
+                return
 
 
 def _check_ending(status: str, length: int, offset: int, data: Any) -> None:
@@ -233,10 +377,13 @@ def _check_ending(status: str, length: int, offset: int, data: Any) -> None:
         raise AssertionError(f"answer ended {status} at {offset}: {str(data)[:300]}")
 
 
-def baseline_answer(base: str, content: str, *, samples: Samples, timeout: float) -> None:
+def baseline_answer(
+    base: str, shape: Shape, seed: str, *, samples: Samples, timeout: float
+) -> None:
     """One baseline answer: POST /stream and read its SSE to `done`."""
-    stamps = _Stamps()
-    body = {"content": content}
+    tracker = shape.tracker(samples)
+    body = {"content": shape.prompt(seed)}
+    tracker.sent_ns = time.monotonic_ns()
     with wire.open_request(base, "POST", "/stream", body=body, timeout=timeout) as response:
         if response.status != 200:
             raise wire.HttpError(f"POST /stream: {response.status}")
@@ -247,20 +394,13 @@ def baseline_answer(base: str, content: str, *, samples: Samples, timeout: float
             for event in events:
                 if event.event == "delta":
                     data = json.loads(event.data)
+                    tracker.text(offset, data["text"], received_ns)
                     offset += len(data["text"])
-                    stamps.add(samples.record(data["text"], received_ns))
                 elif event.event == "done":
                     if json.loads(event.data)["content_length"] != offset:
                         raise AssertionError("baseline: done does not match the deltas")
-                    _finished(samples, stamps)
+                    tracker.finished()
                     return
-
-
-def _finished(samples: Samples, stamps: _Stamps) -> None:
-    samples.ok += 1
-    rate = stamps.rate()
-    if rate is not None:
-        samples.rates.append(rate)
 
 
 def drive(

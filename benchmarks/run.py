@@ -5,6 +5,10 @@ DATABASE_URL's server), the fake OpenAI-compatible LLM, two single-worker chatsv
 instances and two single-worker baseline instances; runs the phases; prints the
 table and writes the results as JSON. Everything it started is stopped, and its
 temporary directory removed, however it ends (Ctrl-C, an error, its time limit).
+
+Modes: the full run (the headline rows, then the old shapes' rows, the subscribers
+and the takeover); `--headline`, the headline rows alone (`--runs N` repeats them);
+`--ceiling`, the most answers one Postgres holds at the headline pace.
 """
 
 from gevent import monkey
@@ -29,7 +33,8 @@ from typing import Any
 import gevent
 import psutil
 
-from benchmarks import context, loadrun, phases, report
+from benchmarks import ceiling, context, headline, loadrun, phases, report
+from benchmarks.context import say
 from benchmarks.services import (
     Database,
     Service,
@@ -39,6 +44,7 @@ from benchmarks.services import (
     scratch_database,
     stop_all,
 )
+from chatsvc.config import Settings
 
 
 class TimeLimit(Exception):
@@ -49,11 +55,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a seconds-long run (for the tests)")
-    parser.add_argument("--streams", type=int, help="concurrent answers of the main load run")
-    parser.add_argument("--window", type=float, help="seconds measured in the main load runs")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--headline", action="store_true", help="only the headline rows (a real model's shape)"
+    )
+    mode.add_argument(
+        "--ceiling", action="store_true", help="the most answers one Postgres holds, and why"
+    )
+    parser.add_argument("--runs", type=int, help="repeat the headline measurement N times")
+    parser.add_argument(
+        "--streams", type=int, help="concurrent answers of the main load run (old shape)"
+    )
+    parser.add_argument(
+        "--window",
+        type=float,
+        help="seconds measured per load run (the mode's: old shape, headline or ceiling)",
+    )
+    parser.add_argument(
+        "--answer", type=float, help="seconds per headline answer (50 tokens a second)"
+    )
     parser.add_argument("--subscribers", type=int, help="idle SSE subscribers to hold")
     parser.add_argument(
-        "--levels", help="comma-separated stream counts for the p99 ladder (e.g. 50,100,150)"
+        "--levels",
+        help="comma-separated concurrent answers (e.g. 50,100,150): the headline's with "
+        "--headline, the ceiling's steps with --ceiling, else the old p99 ladder's",
+    )
+    parser.add_argument(
+        "--chatsvc-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a CHATSVC_ setting for chatsvc A and B (e.g. CHATSVC_CHECKPOINT_MIN_MS=50)",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the workers under load")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"))
@@ -63,19 +95,63 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def mode_of(args: argparse.Namespace) -> str:
+    """ "full", "headline" or "ceiling"."""
+    return "headline" if args.headline else "ceiling" if args.ceiling else "full"
+
+
 def params_from(args: argparse.Namespace) -> context.Params:
     """The run's parameters: the full or smoke set, with the command line's changes."""
     params = context.SMOKE if args.smoke else context.Params()
+    mode = mode_of(args)
     changes: dict[str, Any] = {"profile": args.profile}
     if args.streams:
         changes["streams"] = args.streams
     if args.window:
-        changes["window_s"] = args.window
+        key = {"full": "window_s", "headline": "headline_window_s", "ceiling": "ceiling_window_s"}
+        changes[key[mode]] = args.window
+    if args.answer:
+        changes["headline_answer_s"] = args.answer
+    if args.runs:
+        changes["runs"] = args.runs
     if args.subscribers:
         changes["subscribers"] = args.subscribers
     if args.levels:
-        changes["levels"] = tuple(int(x) for x in args.levels.split(","))
+        levels = tuple(int(x) for x in args.levels.split(","))
+        key = {"full": "levels", "headline": "headline_levels", "ceiling": "ceiling_levels"}
+        changes[key[mode]] = levels
+        if mode == "headline" and params.headline_bound_level not in levels:
+            changes["headline_bound_level"] = levels[len(levels) // 2]
+    changes["max_seconds"] = time_limit(replace(params, **changes), mode)
     return replace(params, **changes)
+
+
+def time_limit(p: context.Params, mode: str) -> float:
+    """A generous bound on the whole run: past it, the run stops and fails."""
+    answer = p.headline_answer_s
+    load_run = 2 * answer + 60  # ramp, drain, conversations, readings
+
+    def headline_s() -> float:
+        wal = (p.headline_wal_repeats + 1) * (answer + 10) + 60
+        return p.runs * (wal + 2 * len(p.headline_levels) * (load_run + p.headline_window_s))
+
+    if mode == "headline":
+        return 300 + headline_s()
+    if mode == "ceiling":
+        return 300 + 2 * len(p.ceiling_levels) * (load_run + p.ceiling_window_s)
+    return p.max_seconds + headline_s()
+
+
+def chatsvc_settings(pairs: list[str]) -> dict[str, str]:
+    """The --chatsvc-env NAME=VALUE pairs, checked the way chatsvc reads them."""
+    extra = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("CHATSVC_"):
+            raise SystemExit(f"--chatsvc-env wants CHATSVC_NAME=VALUE, not {pair!r}")
+        extra[name] = value
+    Settings.from_env(extra)  # raises ConfigError on a value chatsvc would refuse
+    return extra
 
 
 def raise_fd_limit() -> None:
@@ -97,6 +173,8 @@ def environment(llm_port: int, params: context.Params) -> dict[str, str]:
             "CHATSVC_CHECKPOINT_MS": str(params.checkpoint_ms),
             "CHATSVC_LEASE_S": f"{params.lease_s:g}",
             "CHATSVC_HEARTBEAT_S": f"{params.heartbeat_s:g}",
+            # every answer is the one bench user's: lift the per-user limit of streaming answers
+            "CHATSVC_MAX_ACTIVE_PER_USER": "1000000",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -113,17 +191,26 @@ class Started:
     chatsvc: list[Service]
     baseline: list[Service]
     restart: Callable[[int], Service]
-    batched: Service
+    batched: Service | None
+    coalesce_ms: int  # A's and B's CHATSVC_CHECKPOINT_MIN_MS
 
 
 def start_everything(
-    stack: contextlib.ExitStack, tmp: Path, params: context.Params, logs: Path
+    stack: contextlib.ExitStack,
+    tmp: Path,
+    params: context.Params,
+    logs: Path,
+    *,
+    with_batched: bool,
+    chatsvc_env: dict[str, str],
 ) -> Started:
     """The fake LLM and the baseline start first (they need no database) while Postgres starts
-    and is migrated; then chatsvc A and B. Each is stopped when the stack unwinds."""
+    and is migrated; then chatsvc A and B (and C if `with_batched`), with `chatsvc_env` on
+    top of the bench's settings. Each is stopped when the stack unwinds."""
     python = sys.executable
     llm_port = free_port()
     env = environment(llm_port, params)
+    coalesce_ms = Settings.from_env({**env, **chatsvc_env}).checkpoint_min_ms
 
     def service(name: str, argv: list[str], ready: str, port: int, **extra: str) -> Service:
         return Service(name, argv, env={**env, **extra}, logs=logs, port=port, ready_path=ready)
@@ -153,28 +240,41 @@ def start_everything(
     def chatsvc(slot: int, port: int, **extra: str) -> Service:
         argv = [python, "-m", "chatsvc", "serve", "--port", str(port), "--workers", "1"]
         name = f"chatsvc-{'ABC'[slot]}"
-        return launch(service(name, argv, "/readyz", port, DATABASE_URL=db.url, **extra))
+        settings = {**chatsvc_env, **extra}
+        return launch(service(name, argv, "/readyz", port, DATABASE_URL=db.url, **settings))
 
     instances = [chatsvc(0, free_port()), chatsvc(1, free_port())]
     # C holds each answer's checkpoints at least one checkpoint interval apart
-    batched = chatsvc(2, free_port(), CHATSVC_CHECKPOINT_MIN_MS=str(params.checkpoint_ms))
-    for started in [llm, *baselines, *instances, batched]:
+    batched = (
+        chatsvc(2, free_port(), CHATSVC_CHECKPOINT_MIN_MS=str(params.checkpoint_ms))
+        if with_batched
+        else None
+    )
+    for started in [llm, *baselines, *instances, *([batched] if batched else [])]:
         started.wait_ready()
 
     def restart(slot: int) -> Service:
         instances[slot] = chatsvc(slot, instances[slot].port)
         return instances[slot].wait_ready()
 
-    return Started(db, token, llm, instances, baselines, restart, batched)
+    return Started(db, token, llm, instances, baselines, restart, batched, coalesce_ms)
 
 
-def say(message: str) -> None:
-    """Progress, on stderr (stdout is for the table)."""
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+def measure(bench: context.Bench, mode: str) -> dict[str, Any]:
+    """The mode's phases."""
+    if mode == "headline":
+        say("warming up")
+        headline.warm_up(bench)
+        return {"headline": headline.headline(bench)}
+    if mode == "ceiling":
+        say("warming up")
+        headline.warm_up(bench)
+        return {"ceiling": ceiling.ceiling(bench)}
+    return measure_all(bench)
 
 
-def measure(bench: context.Bench) -> dict[str, Any]:
-    """Every phase, in an order that keeps them from disturbing each other."""
+def measure_all(bench: context.Bench) -> dict[str, Any]:
+    """Every phase of the full run, in an order that keeps them from disturbing each other."""
     p = bench.params
     results: dict[str, Any] = {}
     say("WAL: one answer at a time, next to the naive rewrite")
@@ -182,12 +282,15 @@ def measure(bench: context.Bench) -> dict[str, Any]:
     streams = min(p.levels)
     say(f"chatsvc-batched: {streams} streams, checkpoints {p.checkpoint_ms} ms apart")
     batched = loadrun.load_run(bench, "chatsvc-batched", streams, p.level_window_s)
+    assert bench.batched is not None
     bench.batched.stop()  # so that it listens to no one else's notifications
     say("warming up")
+    headline.warm_up(bench)
     for system in ("chatsvc", "baseline"):
         warm = loadrun.load_run(bench, system, min(10, p.streams), 1.0, answer_s=1.0)
         if warm["answers_failed"]:
             say(f"warm-up of {system}: {warm['answers_failed']} failed: {warm['errors']}")
+    results["headline"] = headline.headline(bench)
     load: dict[str, Any] = {}
     for system, where in (
         ("baseline", ""),
@@ -236,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when the table was produced."""
     args = parse_args(argv)
     params = params_from(args)
+    mode = mode_of(args)
+    chatsvc_env = chatsvc_settings(args.chatsvc_env)
     raise_fd_limit()
     main_greenlet = gevent.getcurrent()
     gevent.signal_handler(signal.SIGTERM, lambda: main_greenlet.throw(SystemExit(143)))
@@ -252,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(shutil.rmtree, tmp, True)
             stack.callback(shutil.copytree, logs, args.out / "logs", dirs_exist_ok=True)
             say(f"starting Postgres, the fake LLM, chatsvc and the baseline ({tmp})")
-            up = start_everything(stack, tmp, params, logs)
+            up = start_everything(
+                stack, tmp, params, logs, with_batched=mode == "full", chatsvc_env=chatsvc_env
+            )
             db = up.db
             bench = context.Bench(
                 params,
@@ -264,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.out,
                 up.restart,
                 up.batched,
+                up.coalesce_ms,
             )
             if not db.private:
                 bench.notes.append(
@@ -272,13 +380,16 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 results: dict[str, Any] = {
                     "smoke": args.smoke,
+                    "mode": mode,
                     "machine": report.machine(db.version, db.private, busy_before),
                     "params": asdict(params),
-                    **measure(bench),
+                    "chatsvc_env": chatsvc_env,
+                    **measure(bench, mode),
                     "notes": bench.notes,
                 }
             except BaseException:
-                for service in [up.llm, *bench.chatsvc, up.batched, *up.baseline]:
+                batched = [up.batched] if up.batched else []
+                for service in [up.llm, *bench.chatsvc, *batched, *up.baseline]:
                     say(f"--- end of {service.name}'s log ---\n{service.tail(15)}")
                 raise
             results["elapsed_s"] = time.monotonic() - started
