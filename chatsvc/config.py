@@ -29,7 +29,10 @@ class Settings:
     llm_api_key: str | None = None
     llm_timeout_s: float = 120.0
     checkpoint_ms: int = 100
-    checkpoint_min_ms: int = 0
+    # The coalescing bound: how long after an answer's last checkpoint its later
+    # text waits (its first text, and each part's, goes at once). None: the
+    # checkpoint interval itself (`coalesce_ms`).
+    checkpoint_min_ms: int | None = None
     lease_s: float = 10.0
     orphan_policy: str = "resume"
     max_resumes: int = 3
@@ -73,7 +76,7 @@ class Settings:
         return [
             (self.checkpoint_ms < 1, "CHATSVC_CHECKPOINT_MS must be at least 1"),
             (
-                self.checkpoint_min_ms > self.checkpoint_ms,
+                self.checkpoint_min_ms is not None and self.checkpoint_min_ms > self.checkpoint_ms,
                 "CHATSVC_CHECKPOINT_MIN_MS must not exceed CHATSVC_CHECKPOINT_MS",
             ),
             (
@@ -104,6 +107,11 @@ class Settings:
     def with_(self, **changes: Any) -> Settings:
         """A copy with some values changed (tests and the CLI use it)."""
         return replace(self, **changes).validated()
+
+    @property
+    def coalesce_ms(self) -> int:
+        """How long an answer's later text waits for more before it is committed."""
+        return self.checkpoint_ms if self.checkpoint_min_ms is None else self.checkpoint_min_ms
 
     @property
     def max_body_bytes(self) -> int:

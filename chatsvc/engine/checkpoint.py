@@ -4,11 +4,12 @@ Each answer this process owns is a `Stream` (engine/stream.py), fed by a greenle
 that reads the LLM (engine/answers.py).
 One `Checkpointer` greenlet per process commits the new text (and reasoning,
 layout and tool-call ledger rows) of every stream it owns: as soon as there is
-any and no commit is in flight (so an idle database gets each chunk at once),
-and otherwise in one transaction for everything that
-arrived meanwhile (group commit). `CHATSVC_CHECKPOINT_MIN_MS`, when set, holds
-back a stream's next checkpoint until that long after its last one: fewer,
-larger chunk rows and less WAL, for that much more latency. A transaction
+any and no commit is in flight, and otherwise in one transaction for everything
+that arrived meanwhile (group commit). The first text of an answer, and of each
+of its parts, is committed at once; later text is coalesced:
+`CHATSVC_CHECKPOINT_MIN_MS` holds a stream's next checkpoint until that long
+after its last one (fewer, larger chunk rows, fewer transactions, less WAL), and
+text that has waited half as long rides along with any commit (see `due`). A transaction
 appends the new text and reasoning of each stream as one chunk row of each kind,
 renews its lease, and notifies all of them in as few payloads as fit; the text
 becomes visible only after that commit. A stream whose answer records tool
@@ -61,8 +62,16 @@ class Stats:
 def due(
     streams: Iterable[Stream], now: float, renew_every: float, min_interval: float
 ) -> tuple[list[Stream], float]:
-    """The streams the next commit must include, and how many seconds until another is due."""
+    """The streams the next commit must include, and how many seconds until another is due.
+
+    A stream's new text is due `min_interval` after its last checkpoint (at once
+    for the first text of an answer or of a part: `Stream.checkpointed_at` is 0
+    then). When a commit is due anyway, text that has waited at least half the
+    interval rides along: streams fall into step and share transactions instead
+    of each committing on its own phase.
+    """
     batch = []
+    riders = []
     wait = renew_every
     for s in streams:
         if (
@@ -77,8 +86,12 @@ def due(
                 batch.append(s)
             else:
                 wait = min(wait, ready)
+                if ready <= min_interval / 2:
+                    riders.append(s)
         else:
             wait = min(wait, s.renewed_at + renew_every - now)
+    if batch:
+        batch += riders
     return batch, max(wait, 0.001)
 
 
@@ -94,7 +107,7 @@ class Checkpointer(Background):
         self.stats = Stats()
         self.backend_pids: set[int] = set()
         self.renew_every = settings.lease_s / 3
-        self.min_interval = settings.checkpoint_min_ms / 1000
+        self.min_interval = settings.coalesce_ms / 1000
         self._conn: Connection[Any] | None = None
         self._uncertain: dict[Stream, Take] = {}
 

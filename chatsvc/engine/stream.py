@@ -114,7 +114,9 @@ class Stream:
     committed: int
     pending: list[str] = field(default_factory=list)
     renewed_at: float = field(default_factory=time.monotonic)
-    checkpointed_at: float = 0.0  # when the last commit that wrote its text started
+    # When the last commit that wrote its text started; 0 when the next text
+    # starts the answer or a part of it, which is committed at once.
+    checkpointed_at: float = 0.0
     state: State = State.RUNNING
     ending: Ending | None = None  # set by the move to ENDING, and only by it
     # True once ENDED, False once RELEASED or LOST.
@@ -196,13 +198,22 @@ class Stream:
 
     def add_text(self, text: str) -> None:
         """Answer text from the model call being made, for the next commit."""
+        parts = self._parts()
         self.layout.text(self.step, text)
+        if self._parts() > parts or (text and not self.committed and not self.pending):
+            self.checkpointed_at = 0.0  # a new part: its first text is due at once
         self.pending.append(text)
 
     def add_reasoning(self, text: str) -> None:
         """Reasoning from the model call being made, for the next commit."""
+        parts = self._parts()
         self.layout.reasoning(self.step, text)
+        if self._parts() > parts:
+            self.checkpointed_at = 0.0
         self.pending_reasoning.append(text)
+
+    def _parts(self) -> int:
+        return len(self.layout.entries or ())
 
     def record(self, call: Call) -> None:
         """A tool call's new ledger state, for the next commit; its part changes with it."""

@@ -10,7 +10,11 @@ from chatsvc.config import ConfigError, Settings
 def test_an_empty_environment_gives_the_documented_defaults() -> None:
     settings = Settings.from_env({})
     assert settings.database_url is None
-    assert (settings.checkpoint_ms, settings.checkpoint_min_ms) == (100, 0)
+    assert (settings.checkpoint_ms, settings.checkpoint_min_ms, settings.coalesce_ms) == (
+        100,
+        None,
+        100,
+    )
     assert (settings.lease_s, settings.orphan_policy, settings.max_resumes) == (10.0, "resume", 3)
     assert (settings.heartbeat_s, settings.max_message_chars) == (15.0, 32_000)
     assert (settings.log_format, settings.metrics_dir) == ("text", None)
@@ -26,7 +30,14 @@ def test_values_are_parsed_and_empty_ones_ignored() -> None:
             "CHATSVC_HEARTBEAT_S": "",
         }
     )
-    assert (settings.checkpoint_ms, settings.checkpoint_min_ms) == (250, 50)
+    assert (settings.checkpoint_ms, settings.checkpoint_min_ms, settings.coalesce_ms) == (
+        250,
+        50,
+        50,
+    )
+    # Unset, the coalescing bound follows the checkpoint interval; 0 turns coalescing off.
+    assert Settings.from_env({"CHATSVC_CHECKPOINT_MS": "40"}).coalesce_ms == 40
+    assert Settings.from_env({"CHATSVC_CHECKPOINT_MIN_MS": "0"}).coalesce_ms == 0
     assert (settings.lease_s, settings.orphan_policy) == (2.5, "interrupt")
     assert settings.heartbeat_s == 15.0
 

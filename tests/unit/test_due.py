@@ -64,3 +64,47 @@ def test_with_nothing_to_do_it_sleeps_a_renew_interval_and_never_zero() -> None:
     # A renewal overdue by the time of the call still sleeps a little, not a negative time.
     (batch, wait) = due([_stream(renewed_ago=RENEW - 1e-9)], NOW, RENEW, 0.0)
     assert batch == [] and 0 < wait <= 0.001
+
+
+def test_text_that_waited_half_the_interval_rides_along_with_a_commit_due_anyway() -> None:
+    ready = _stream(pending="a", checkpointed_ago=0.5)
+    rider = _stream(pending="b", checkpointed_ago=0.3)
+    early = _stream(pending="c", checkpointed_ago=0.2)
+    batch, wait = due([ready, rider, early], NOW, RENEW, 0.5)
+    assert batch == [ready, rider]
+    assert wait == pytest.approx(0.2)  # rider's own time, had it not ridden along
+    # With nothing due, a rider does not start a commit by itself.
+    batch, wait = due([rider, early], NOW, RENEW, 0.5)
+    assert batch == [] and wait == pytest.approx(0.2)
+
+
+def _committed(stream: Stream) -> Stream:
+    """Commit what the stream has pending (as the checkpointer does), as of NOW."""
+    stream.taken(stream.take())
+    stream.checkpointed_at = NOW
+    return stream
+
+
+def test_the_first_text_of_an_answer_is_due_at_once_and_later_text_waits() -> None:
+    stream = _stream(checkpointed_ago=0)
+    stream.checkpointed_at = 0.0  # as a new stream starts
+    stream.add_text("Hel")
+    assert due([stream], NOW, RENEW, 0.1)[0] == [stream]
+    _committed(stream).add_text("lo")
+    batch, wait = due([stream], NOW + 0.01, RENEW, 0.1)
+    assert batch == [] and wait == pytest.approx(0.09)
+
+
+def test_the_first_text_of_each_part_is_due_at_once() -> None:
+    stream = _stream()
+    stream.checkpointed_at = 0.0
+    stream.add_reasoning("think")
+    _committed(stream).add_reasoning(" more")
+    assert due([stream], NOW + 0.01, RENEW, 0.1)[0] == []  # the same part: it waits
+    _committed(stream).add_text("The answer")  # a new part: the text after the reasoning
+    assert due([stream], NOW + 0.01, RENEW, 0.1)[0] == [stream]
+    _committed(stream).add_text(" goes on")
+    assert due([stream], NOW + 0.01, RENEW, 0.1)[0] == []
+    stream.step = 1  # the next model call (after a tool call): its text is a new part
+    _committed(stream).add_text("Then")
+    assert due([stream], NOW + 0.01, RENEW, 0.1)[0] == [stream]
