@@ -29,7 +29,7 @@ from typing import Any
 import gevent
 import psutil
 
-from benchmarks import context, loadrun, phases, report
+from benchmarks import context, loadrun, phases, report, soak
 from benchmarks.services import (
     Database,
     Service,
@@ -60,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=Path("bench-out"), help="where profiles are written"
     )
+    parser.add_argument(
+        "--soak", action="store_true", help="instead: a steady mix for --soak-minutes (soak.py)"
+    )
+    parser.add_argument("--soak-minutes", type=float, help="the soak's length (default 10)")
+    parser.add_argument("--soak-streams", type=int, help="the soak's answers at once (default 20)")
     return parser.parse_args(argv)
 
 
@@ -97,6 +102,8 @@ def environment(llm_port: int, params: context.Params) -> dict[str, str]:
             "CHATSVC_CHECKPOINT_MS": str(params.checkpoint_ms),
             "CHATSVC_LEASE_S": f"{params.lease_s:g}",
             "CHATSVC_HEARTBEAT_S": f"{params.heartbeat_s:g}",
+            # every answer is the one bench user's: no per-user limit on streams
+            "CHATSVC_MAX_ACTIVE_PER_USER": "100000",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -113,17 +120,24 @@ class Started:
     chatsvc: list[Service]
     baseline: list[Service]
     restart: Callable[[int], Service]
-    batched: Service
+    batched: Service | None  # C; None when only A and B were asked for
 
 
 def start_everything(
-    stack: contextlib.ExitStack, tmp: Path, params: context.Params, logs: Path
+    stack: contextlib.ExitStack,
+    tmp: Path,
+    params: context.Params,
+    logs: Path,
+    *,
+    full: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> Started:
     """The fake LLM and the baseline start first (they need no database) while Postgres starts
-    and is migrated; then chatsvc A and B. Each is stopped when the stack unwinds."""
+    and is migrated; then chatsvc A, B and C. Each is stopped when the stack unwinds. With
+    `full=False` (the soak) only the fake LLM, A and B, all with `extra_env` added."""
     python = sys.executable
     llm_port = free_port()
-    env = environment(llm_port, params)
+    env = {**environment(llm_port, params), **(extra_env or {})}
 
     def service(name: str, argv: list[str], ready: str, port: int, **extra: str) -> Service:
         return Service(name, argv, env={**env, **extra}, logs=logs, port=port, ready_path=ready)
@@ -138,7 +152,7 @@ def start_everything(
     llm_argv = [python, "-m", "chatsvc.fakellm", "--port", str(llm_port)]
     llm = launch(service("fakellm", llm_argv, "/", llm_port))
     baselines = []
-    for slot in range(2):
+    for slot in range(2 if full else 0):
         port = free_port()
         argv = [python, "-m", "benchmarks.baseline", "--port", str(port), "--workers", "1"]
         baselines.append(launch(service(f"baseline-{slot + 1}", argv, "/healthz", port)))
@@ -157,8 +171,9 @@ def start_everything(
 
     instances = [chatsvc(0, free_port()), chatsvc(1, free_port())]
     # C holds each answer's checkpoints at least one checkpoint interval apart
-    batched = chatsvc(2, free_port(), CHATSVC_CHECKPOINT_MIN_MS=str(params.checkpoint_ms))
-    for started in [llm, *baselines, *instances, batched]:
+    min_ms = str(params.checkpoint_ms)
+    batched = chatsvc(2, free_port(), CHATSVC_CHECKPOINT_MIN_MS=min_ms) if full else None
+    for started in [llm, *baselines, *instances, *([batched] if batched else [])]:
         started.wait_ready()
 
     def restart(slot: int) -> Service:
@@ -233,12 +248,14 @@ def profile_phase(bench: context.Bench, streams: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 when the table was produced."""
+    """Run the benchmark; 0 when the table was produced (the soak: when it passed)."""
     args = parse_args(argv)
-    params = params_from(args)
     raise_fd_limit()
     main_greenlet = gevent.getcurrent()
     gevent.signal_handler(signal.SIGTERM, lambda: main_greenlet.throw(SystemExit(143)))
+    if args.soak:
+        return soak.main(args, start_everything)
+    params = params_from(args)
     started = time.monotonic()
     busy_before = psutil.cpu_percent(interval=1.0)  # before we start anything: all of it others'
     if busy_before > 20:
@@ -254,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"starting Postgres, the fake LLM, chatsvc and the baseline ({tmp})")
             up = start_everything(stack, tmp, params, logs)
             db = up.db
+            assert up.batched is not None
             bench = context.Bench(
                 params,
                 db,
@@ -278,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     "notes": bench.notes,
                 }
             except BaseException:
-                for service in [up.llm, *bench.chatsvc, up.batched, *up.baseline]:
+                for service in [up.llm, *bench.chatsvc, bench.batched, *up.baseline]:
                     say(f"--- end of {service.name}'s log ---\n{service.tail(15)}")
                 raise
             results["elapsed_s"] = time.monotonic() - started
