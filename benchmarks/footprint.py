@@ -31,6 +31,7 @@ MB = 1024 * 1024
 
 # What a figure's verdict says; those in FAILING fail the soak.
 OK, STEP, GROWS, MISSING, RESTARTED = "ok", "step", "grows", "missing", "restarted"
+BOUNDED = "bounded"  # it rose beyond noise, but ends within its ceiling (a pool's size)
 INFO = "info"  # shown, not judged (see INFORMATIONAL)
 FAILING = frozenset({GROWS, MISSING, RESTARTED})
 
@@ -52,15 +53,18 @@ class Noise:
     `rss_fraction` of the middle reading (allocator and greenlet churn moves a
     Python worker's RSS by a few MB either way). Descriptors and TCP sockets follow
     the answers in flight at the instant of a reading, which the median of the
-    samples mostly, not wholly, smooths: `count` of them. Postgres backends follow
-    the pools (each worker's grows and shrinks between 1 and CHATSVC_POOL_SIZE with
-    demand): `backends` of them.
+    samples mostly, not wholly, smooths: `count` of them. Postgres backends:
+    `backends` of them; but each worker's pool grows (and, after 10 idle minutes,
+    shrinks) between 1 and CHATSVC_POOL_SIZE with demand, so a pool that ends within
+    its size is `bounded`, not growing. Each backend the pools add brings its own
+    memory: the cluster's USS may rise `backend_mb` more for each.
     """
 
     rss_mb: float = 20.0  # and USS, for the Postgres cluster
     rss_fraction: float = 0.10
     count: int = 10
     backends: int = 3
+    backend_mb: float = 8.0
 
     def allowed(self, metric: str, middle: float) -> float:
         """The largest rise from the middle reading that is noise, for this metric."""
@@ -71,30 +75,43 @@ class Noise:
         return float(self.count)
 
 
-def verdict(metric: str, values: Sequence[float | None], noise: Noise) -> str:
+def verdict(
+    metric: str,
+    values: Sequence[float | None],
+    noise: Noise,
+    *,
+    extra: float = 0.0,
+    ceiling: float | None = None,
+) -> str:
     """The verdict on one figure's (start, middle, end) readings: `ok`, `step` (it rose
-    beyond noise before the middle reading, then held), `grows` (it rose beyond noise
-    from the middle to the end) or `missing` (a reading has no value)."""
+    beyond noise before the middle reading, then held), `grows` (it rose beyond noise,
+    plus `extra`, from the middle to the end), `bounded` (it would grow, but ends at or
+    under its `ceiling`) or `missing` (a reading has no value)."""
     if len(values) != 3 or any(value is None for value in values):
         return MISSING
     start, middle, end = (float(value) for value in values if value is not None)
-    allowed = noise.allowed(metric, middle)
+    allowed = noise.allowed(metric, middle) + extra
     if end - middle > allowed:
-        return GROWS
+        return BOUNDED if ceiling is not None and end <= ceiling else GROWS
     if middle - start > allowed:
         return STEP
     return OK
 
 
 def judge(
-    metric: str, values: Sequence[float | None], pids: Sequence[Sequence[int]], noise: Noise
+    metric: str,
+    values: Sequence[float | None],
+    pids: Sequence[Sequence[int]],
+    noise: Noise,
+    *,
+    extra: float = 0.0,
 ) -> str:
     """`verdict`, or `restarted` when a single process was replaced between readings (a
     crashed or recycled worker: its figures are another process's)."""
     single = all(len(p) <= 1 for p in pids)
     if single and len({tuple(p) for p in pids}) > 1:
         return RESTARTED
-    return verdict(metric, values, noise)
+    return verdict(metric, values, noise, extra=extra)
 
 
 # --- the processes --------------------------------------------------------------
@@ -166,6 +183,8 @@ def measure(row: Watched) -> dict[str, Any]:
     return {"pids": [row.pid] if row.tree else pids, **measured}
 
 
+ALL = "(all)"  # the backends of every application_name
+
 BACKENDS = """
 SELECT coalesce(nullif(application_name, ''), '(none)'), coalesce(state, '(none)'), count(*)
 FROM pg_stat_activity
@@ -218,7 +237,7 @@ def reading(
         app: _median([sum(shot["backends"].get(app, {}).values()) for shot in taken])
         for app in applications
     }
-    totals["(all)"] = _median(
+    totals[ALL] = _median(
         [sum(sum(s.values()) for s in shot["backends"].values()) for shot in taken]
     )
     return {
@@ -239,9 +258,15 @@ METRICS = (
 )
 
 
-def rows(readings: list[dict[str, Any]], noise: Noise) -> list[dict[str, Any]]:
+def rows(
+    readings: list[dict[str, Any]], noise: Noise, pool: dict[str, int] | None = None
+) -> list[dict[str, Any]]:
     """One row per process and figure, and one per application's Postgres backends: the
-    start, middle and end readings, the growth from start to end, and the verdict."""
+    start, middle and end readings, the growth from start to end, and the verdict. `pool`:
+    the most connections each pooled application_name may hold (the pools' sizes summed)."""
+    pool = pool or {}
+    added = [reading["backends"].get(ALL, 0.0) for reading in readings]
+    extra = max(added[2] - added[1], 0.0) * noise.backend_mb * MB  # see Noise
     found: list[dict[str, Any]] = []
     for name, first in readings[0]["processes"].items():
         series = [reading["processes"].get(name, {}) for reading in readings]
@@ -250,13 +275,15 @@ def rows(readings: list[dict[str, Any]], noise: Noise) -> list[dict[str, Any]]:
             if metric == "uss" and first["kind"] != "postgres":
                 continue
             values = [shot.get(metric) for shot in series]
-            judged = judge(metric, values, pids, noise)
+            more = extra if metric == "uss" else 0.0
+            judged = judge(metric, values, pids, noise, extra=more)
             if (first["kind"], metric) in INFORMATIONAL:
                 judged = INFO
             found.append(_row(name, first["kind"], metric, label, values, judged=judged))
     for app in sorted({app for reading in readings for app in reading["backends"]}):
         values = [reading["backends"].get(app, 0.0) for reading in readings]
-        judged = verdict("backends", values, noise)
+        # the total is shown; each application is judged
+        judged = INFO if app == ALL else verdict("backends", values, noise, ceiling=pool.get(app))
         found.append(
             _row(f"postgres: {app}", "postgres", "backends", "backends", values, judged=judged)
         )

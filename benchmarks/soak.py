@@ -83,6 +83,7 @@ class SoakParams:
     share_reconnect: float = 0.25  # answers whose client drops its stream once and reconnects
     share_cancel: float = 0.1  # answers cancelled mid-stream
     samples: int = 5  # per reading (each figure is their median)
+    pool_size: int = 10  # CHATSVC_POOL_SIZE of A and B (chatsvc's default)
     noise: footprint.Noise = field(default_factory=footprint.Noise)
 
     @property
@@ -470,11 +471,11 @@ def soak_run(
     return {"readings": readings, "tally": soak.tally, "streaming_left": streaming_left(db)}
 
 
-def verdicts(
-    measured: dict[str, Any], noise: footprint.Noise
-) -> tuple[list[dict[str, Any]], list[str]]:
+def verdicts(measured: dict[str, Any], p: SoakParams) -> tuple[list[dict[str, Any]], list[str]]:
     """The table's rows, and why the soak failed (nothing when it passed)."""
-    found = footprint.rows(measured["readings"], noise)
+    end = measured["readings"][-1]["processes"].values()
+    workers = sum(1 for process in end if process["kind"] == "chatsvc worker")
+    found = footprint.rows(measured["readings"], p.noise, {"chatsvc": p.pool_size * workers})
     tally: Tally = measured["tally"]
     why = [f"{tally.failed} answers ended wrong: {tally.errors}"] if tally.failed else []
     if measured["streaming_left"]:
@@ -498,7 +499,8 @@ def render(results: dict[str, Any]) -> str:
         f"failures {tally['failed']}",
         f"noise: RSS may rise {noise['rss_mb']:g} MB or {noise['rss_fraction']:.0%} (the larger) "
         f"from the middle to the end reading, files and sockets {noise['count']}, "
-        f"backends {noise['backends']}",
+        f"backends {noise['backends']} (a pool may grow to its size); the cluster's USS "
+        f"{noise['backend_mb']:g} MB more per backend added",
     ]
     if results["failures"]:
         lines += ["", "FAILED:", *(f"- {why}" for why in results["failures"])]
@@ -521,9 +523,9 @@ def main(args: argparse.Namespace, start: Start) -> int:
         with contextlib.ExitStack() as stack, gevent.Timeout(p.max_seconds, TimeLimit):
             stack.callback(shutil.rmtree, tmp, True)
             stack.callback(shutil.copytree, logs, args.out / "logs", dirs_exist_ok=True)
-            tool_env = serve_tool(stack, tmp)
+            env = {**serve_tool(stack, tmp), "CHATSVC_POOL_SIZE": str(p.pool_size)}
             say(f"starting Postgres, the fake LLM, chatsvc A and B ({tmp})")
-            up = start(stack, tmp, context.Params(), logs, full=False, extra_env=tool_env)
+            up = start(stack, tmp, context.Params(), logs, full=False, extra_env=env)
             say(f"{p.streams} answers at once for {p.minutes:g} min, after a warm-up")
             try:
                 measured = soak_run(p, up.chatsvc, up.llm, up.db, up.token)
@@ -531,7 +533,7 @@ def main(args: argparse.Namespace, start: Start) -> int:
                 for service in [up.llm, *up.chatsvc]:
                     say(f"--- end of {service.name}'s log ---\n{service.tail(15)}")
                 raise
-            found, failures = verdicts(measured, p.noise)
+            found, failures = verdicts(measured, p)
             readings = dict(zip(("start", "middle", "end"), measured["readings"], strict=True))
             results = {
                 "soak": True,

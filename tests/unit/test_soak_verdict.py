@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from benchmarks.footprint import FAILING, MB, Noise, judge, rows, verdict
@@ -48,7 +50,7 @@ def test_a_replaced_process_is_restarted_whatever_its_figures() -> None:
     assert judge("rss", (250 * MB, 250 * MB, 250 * MB), [[7], [7], [7]], NOISE) == "ok"
 
 
-def _reading(worker_rss: float, cluster_rss: float, backends: float) -> dict[str, object]:
+def _reading(worker_rss: float, cluster_rss: float, backends: float) -> dict[str, Any]:
     return {
         "processes": {
             "chatsvc-A worker": {"kind": "chatsvc worker", "pids": [7], "rss": worker_rss},
@@ -69,3 +71,25 @@ def test_rows_judge_each_figure_and_leave_the_clusters_rss_to_its_uss() -> None:
     assert found["postgres cluster", "rss"]["verdict"] == "info"
     assert found["postgres cluster", "uss"]["verdict"] == "ok"
     assert found["postgres: chatsvc", "backends"]["verdict"] == "grows"
+
+
+def test_a_pool_that_ends_within_its_size_is_bounded_not_growing() -> None:
+    assert verdict("backends", (13, 15, 20), NOISE, ceiling=20) == "bounded"
+    assert verdict("backends", (13, 15, 21), NOISE, ceiling=20) == "grows"
+    assert "bounded" not in FAILING
+
+
+def test_the_clusters_private_memory_may_rise_by_what_new_backends_bring() -> None:
+    readings = [_reading(250 * MB, 300 * MB, 14), _reading(250 * MB, 300 * MB, 15)]
+    readings.append(_reading(250 * MB, 300 * MB, 20))
+    for reading, uss in zip(readings, (60, 80, 102), strict=True):
+        reading["backends"]["(all)"] = reading["backends"]["chatsvc"]
+        reading["processes"]["postgres cluster"]["uss"] = uss * MB
+    found = {(row["process"], row["metric"]): row for row in rows(readings, NOISE, {"chatsvc": 20})}
+    assert found["postgres cluster", "uss"]["verdict"] == "ok"  # 22 MB, 5 more backends
+    assert found["postgres: chatsvc", "backends"]["verdict"] == "bounded"
+    assert found["postgres: (all)", "backends"]["verdict"] == "info"
+    # without new backends the same rise is growth
+    readings[2]["backends"] = readings[1]["backends"]
+    found = {(row["process"], row["metric"]): row for row in rows(readings, NOISE)}
+    assert found["postgres cluster", "uss"]["verdict"] == "grows"
