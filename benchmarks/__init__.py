@@ -14,4 +14,6 @@ prints one table and writes the results as JSON. One module per job:
     profile    py-spy on a worker, summarised by self time
     report     the machine, the table, the JSON
     run        command line and orchestration
+    soak       --soak: a steady mix of answers, reconnects and cancels for minutes
+    footprint  the soak's readings of every process, and its growth verdict
 """

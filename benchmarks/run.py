@@ -33,7 +33,7 @@ from typing import Any
 import gevent
 import psutil
 
-from benchmarks import ceiling, context, headline, loadrun, phases, report
+from benchmarks import ceiling, context, headline, loadrun, phases, report, soak
 from benchmarks.context import say
 from benchmarks.services import (
     Database,
@@ -92,6 +92,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=Path("bench-out"), help="where profiles are written"
     )
+    parser.add_argument(
+        "--soak", action="store_true", help="instead: a steady mix for --soak-minutes (soak.py)"
+    )
+    parser.add_argument("--soak-minutes", type=float, help="the soak's length (default 10)")
+    parser.add_argument("--soak-streams", type=int, help="the soak's answers at once (default 20)")
     return parser.parse_args(argv)
 
 
@@ -203,14 +208,16 @@ def start_everything(
     *,
     with_batched: bool,
     chatsvc_env: dict[str, str],
+    with_baseline: bool = True,
 ) -> Started:
     """The fake LLM and the baseline start first (they need no database) while Postgres starts
     and is migrated; then chatsvc A and B (and C if `with_batched`), with `chatsvc_env` on
-    top of the bench's settings. Each is stopped when the stack unwinds."""
+    top of the bench's settings. Each is stopped when the stack unwinds. The soak asks for
+    no baseline (`with_baseline=False`)."""
     python = sys.executable
     llm_port = free_port()
     env = environment(llm_port, params)
-    coalesce_ms = Settings.from_env({**env, **chatsvc_env}).checkpoint_min_ms
+    coalesce_ms = Settings.from_env({**env, **chatsvc_env}).coalesce_ms
 
     def service(name: str, argv: list[str], ready: str, port: int, **extra: str) -> Service:
         return Service(name, argv, env={**env, **extra}, logs=logs, port=port, ready_path=ready)
@@ -225,7 +232,7 @@ def start_everything(
     llm_argv = [python, "-m", "chatsvc.fakellm", "--port", str(llm_port)]
     llm = launch(service("fakellm", llm_argv, "/", llm_port))
     baselines = []
-    for slot in range(2):
+    for slot in range(2 if with_baseline else 0):
         port = free_port()
         argv = [python, "-m", "benchmarks.baseline", "--port", str(port), "--workers", "1"]
         baselines.append(launch(service(f"baseline-{slot + 1}", argv, "/healthz", port)))
@@ -336,7 +343,7 @@ def profile_phase(bench: context.Bench, streams: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 when the table was produced."""
+    """Run the benchmark; 0 when the table was produced (the soak: when it passed)."""
     args = parse_args(argv)
     params = params_from(args)
     mode = mode_of(args)
@@ -344,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit()
     main_greenlet = gevent.getcurrent()
     gevent.signal_handler(signal.SIGTERM, lambda: main_greenlet.throw(SystemExit(143)))
+    if args.soak:
+        return soak.main(args, start_everything)
     started = time.monotonic()
     busy_before = psutil.cpu_percent(interval=1.0)  # before we start anything: all of it others'
     if busy_before > 20:

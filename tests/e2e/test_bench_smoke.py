@@ -43,3 +43,33 @@ def test_bench_smoke_prints_every_row_of_the_table(tmp_path: Path) -> None:
     ), metrics
     kept = json.loads(results.read_text())
     assert [row["metric"] for row in kept["rows"]] == metrics
+
+
+@pytest.mark.timeout(150)
+def test_soak_smoke_reads_every_process_and_runs_the_whole_mix(tmp_path: Path) -> None:
+    results = tmp_path / "soak.json"
+    argv = ["--soak", "--smoke", "--soak-minutes", "0.25", "--json", str(results)]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", *argv, "--out", str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
+    assert "PASSED" in done.stdout
+    kept = json.loads(results.read_text())
+    assert kept["passed"] and kept["failures"] == []
+    assert set(kept["readings"]) == {"start", "middle", "end"}
+    kinds = {row["kind"] for row in kept["rows"]}
+    assert kinds == {"chatsvc master", "chatsvc worker", "fakellm", "loadgen", "postgres"}
+    for row in kept["rows"]:
+        assert None not in (row["start"], row["middle"], row["end"]), row
+    backends = {row["process"]: row for row in kept["rows"] if row["metric"] == "backends"}
+    assert backends["postgres: (all)"]["start"] > 0, backends
+    answers = kept["answers"]
+    assert answers["failed"] == 0, answers["errors"]
+    for what in ("completed", "cancelled", "reconnects", "with_reasoning", "with_tools"):
+        assert answers[what] >= 1, (what, answers)
+    assert kept["streaming_left"] == 0
