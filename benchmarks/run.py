@@ -33,7 +33,7 @@ from typing import Any
 import gevent
 import psutil
 
-from benchmarks import ceiling, context, headline, loadrun, phases, report, soak
+from benchmarks import ceiling, context, headline, loadrun, pgceiling, phases, report, soak
 from benchmarks.context import say
 from benchmarks.services import (
     Database,
@@ -97,6 +97,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--soak-minutes", type=float, help="the soak's length (default 10)")
     parser.add_argument("--soak-streams", type=int, help="the soak's answers at once (default 20)")
+    parser.add_argument(
+        "--pg-ceiling",
+        action="store_true",
+        help="instead: the ceiling of one Postgres, no LLM or HTTP (pgceiling.py)",
+    )
+    parser.add_argument(
+        "--pg-processes", type=int, help="--pg-ceiling's emulated instances (default 2)"
+    )
+    parser.add_argument(
+        "--pg-piece-ms",
+        type=float,
+        help="--pg-ceiling: append every N ms at the same pace (default 20: one token)",
+    )
     return parser.parse_args(argv)
 
 
@@ -353,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     gevent.signal_handler(signal.SIGTERM, lambda: main_greenlet.throw(SystemExit(143)))
     if args.soak:
         return soak.main(args, start_everything)
+    if args.pg_ceiling:
+        return pgceiling.main(args, chatsvc_env)
     started = time.monotonic()
     busy_before = psutil.cpu_percent(interval=1.0)  # before we start anything: all of it others'
     if busy_before > 20:

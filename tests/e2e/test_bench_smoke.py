@@ -73,3 +73,33 @@ def test_soak_smoke_reads_every_process_and_runs_the_whole_mix(tmp_path: Path) -
     for what in ("completed", "cancelled", "reconnects", "with_reasoning", "with_tools"):
         assert answers[what] >= 1, (what, answers)
     assert kept["streaming_left"] == 0
+
+
+@pytest.mark.timeout(90)
+def test_pg_ceiling_smoke_measures_every_step(tmp_path: Path) -> None:
+    results = tmp_path / "pg.json"
+    argv = ["--pg-ceiling", "--smoke", "--json", str(results), "--out", str(tmp_path / "out")]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert "Ceiling of one Postgres" in done.stdout
+    kept = json.loads(results.read_text())
+    assert kept["processes"] == 2 and kept["bound_ms"] == kept["coalesce_ms"] + 30
+    assert [step["answers"] for step in kept["steps"]] == [10, 20][: len(kept["steps"])]
+    assert kept["steps"], kept
+    for step in kept["steps"]:
+        assert step["tokens_measured"] > 0 and step["p50_ms"] <= step["p99_ms"], step
+        assert step["completed"] >= step["started"] > 0 and step["failed"] == 0, step
+        assert step["xids_per_s"] > 0 and step["commits_per_s"] > 0 and step["wal_mb_per_s"] > 0
+        assert step["commits_per_s_per_100"] > 0
+        assert step["emulator_core_percent"] and len(step["emulator_core_percent"]) == 2
+        assert step["waits"]["samples"] > 0
+        assert isinstance(step["ran_out"], list)
+        if not kept["notes"]:  # a private Postgres: its CPU is ours to see
+            assert step["postgres_core_percent"] > 0 and step["pg_cpu_us_per_answer_second"] > 0
