@@ -84,11 +84,7 @@ class Answerer:
         steps: ToolSteps | None = None
         try:
             registry = self.tools_for(stream.model)
-            with self.pool.connection() as conn:
-                user = history.user_name(conn, stream.user_id)
-                if resumed:
-                    stream.calls = ledger.read(conn, stream.message_id)
-            steps = ToolSteps(self.checkpointer, registry, user)
+            steps = ToolSteps(self.checkpointer, registry, self._prepare(stream, registry, resumed))
             continuing = resumed and not steps.recover(stream, self.settings.max_steps)
             while True:
                 if stream.step >= self.settings.max_steps:
@@ -128,6 +124,16 @@ class Answerer:
             if steps is not None:
                 steps.abandon(stream, running, unsent)
         self.checkpointer.end(stream, ending)
+
+    def _prepare(self, stream: Stream, registry: Registry, resumed: bool) -> str:
+        """Read what the answer's tool steps need: the user's name, which only tools are
+        sent, and after a takeover the ledger. Neither: no transaction before the model call."""
+        if not registry.tools and not resumed:
+            return ""
+        with self.pool.connection() as conn:
+            if resumed:
+                stream.calls = ledger.read(conn, stream.message_id)
+            return history.user_name(conn, stream.user_id) if registry.tools else ""
 
     def _max_steps_error(self) -> str:
         return (
