@@ -8,15 +8,13 @@ the full run) C, which holds each answer's checkpoints a checkpoint interval apa
 from __future__ import annotations
 
 import re
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gevent.pool
 
-from benchmarks import wire
+from benchmarks import session, wire
 from benchmarks.services import Database, Service
 
 NS = 1_000_000_000
@@ -105,9 +103,7 @@ class Bench:
         return f"{what}{self._seed}"
 
 
-def say(message: str) -> None:
-    """Progress, on stderr (stdout is for the table)."""
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+say = session.progress("bench")  # progress, on stderr (stdout is for the table)
 
 
 # --- database counters -------------------------------------------------------------

@@ -34,16 +34,12 @@ monkey.patch_all()  # before psycopg is imported, so its waits yield to other gr
 
 import argparse
 import collections
-import contextlib
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,9 +47,8 @@ from uuid import UUID
 
 import gevent
 import gevent.event
-import psutil
 
-from benchmarks import context, pgstats, report
+from benchmarks import context, pgstats, report, session
 from benchmarks.meter import cpu_between, machine_busy, snapshot
 from benchmarks.services import (
     Database,
@@ -66,10 +61,6 @@ from chatsvc.config import Settings
 
 SATURATED = 85  # % of a core: a single-threaded process this busy is at its limit
 BUCKET_S = 1e-4  # delays are kept as a histogram of 0.1 ms buckets
-
-
-class TimeLimit(Exception):
-    """The run took longer than its time limit."""
 
 
 @dataclass(frozen=True)
@@ -116,9 +107,7 @@ def params_from(args: argparse.Namespace) -> PgParams:
     return p
 
 
-def say(message: str) -> None:
-    """Progress, on stderr (stdout is for the table)."""
-    print(f"[pg-ceiling {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+say = session.progress("pg-ceiling")  # progress, on stderr (stdout is for the table)
 
 
 # --- the emulated instance (a worker process) --------------------------------------
@@ -635,14 +624,12 @@ def main(args: argparse.Namespace, chatsvc_env: dict[str, str]) -> int:
     env = worker_env(chatsvc_env)
     settings = Settings.from_env(env)
     began = time.monotonic()
-    busy_before = psutil.cpu_percent(interval=1.0)
-    if busy_before > 20:
-        say(f"the machine is already {busy_before:.0f}% busy: expect noisy numbers")
-    tmp = Path(tempfile.mkdtemp(prefix="chatsvc-pgceiling-"))
-    args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        with contextlib.ExitStack() as stack, gevent.Timeout(p.max_seconds(), TimeLimit):
-            stack.callback(shutil.rmtree, tmp, True)
+    busy_before = session.busy_before(say)
+
+    def run() -> int:
+        with session.workspace(
+            "chatsvc-pgceiling-", args.out, p.max_seconds(), keep_logs=False
+        ) as (stack, tmp, _):
             say(f"starting Postgres ({tmp})")
             server_url = os.environ.get("DATABASE_URL")
             db = scratch_database(server_url) if server_url else private_postgres(tmp / "pg")
@@ -690,14 +677,9 @@ def main(args: argparse.Namespace, chatsvc_env: dict[str, str]) -> int:
             print(render(result), flush=True)
             report.write_json(result, args.json)
             say(f"results written to {args.json}; stopping everything")
-    except KeyboardInterrupt:
-        say("interrupted; everything it started is stopped")
-        return 130
-    except (TimeLimit, Exception):
-        traceback.print_exc()
-        say("pg-ceiling failed; everything it started is stopped")
-        return 1
-    return 0
+        return 0
+
+    return session.guarded("pg-ceiling failed", say, run)
 
 
 if __name__ == "__main__":

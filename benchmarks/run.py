@@ -19,21 +19,27 @@ import argparse
 import contextlib
 import os
 import resource
-import shutil
 import signal
 import sys
-import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import gevent
-import psutil
 
-from benchmarks import ceiling, context, headline, loadrun, pgceiling, phases, report, soak
+from benchmarks import (
+    ceiling,
+    context,
+    headline,
+    loadrun,
+    pgceiling,
+    phases,
+    report,
+    session,
+    soak,
+)
 from benchmarks.context import say
 from benchmarks.services import (
     Database,
@@ -45,10 +51,6 @@ from benchmarks.services import (
     stop_all,
 )
 from chatsvc.config import Settings
-
-
-class TimeLimit(Exception):
-    """The run took longer than its time limit."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -369,17 +371,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.pg_ceiling:
         return pgceiling.main(args, chatsvc_env)
     started = time.monotonic()
-    busy_before = psutil.cpu_percent(interval=1.0)  # before we start anything: all of it others'
-    if busy_before > 20:
-        say(f"the machine is already {busy_before:.0f}% busy: expect noisy numbers")
-    tmp = Path(tempfile.mkdtemp(prefix="chatsvc-bench-"))
-    logs = tmp / "logs"
-    logs.mkdir()
-    args.out.mkdir(parents=True, exist_ok=True)
-    try:
-        with contextlib.ExitStack() as stack, gevent.Timeout(params.max_seconds, TimeLimit):
-            stack.callback(shutil.rmtree, tmp, True)
-            stack.callback(shutil.copytree, logs, args.out / "logs", dirs_exist_ok=True)
+    busy_before = session.busy_before(say)
+
+    def run() -> int:
+        with session.workspace("chatsvc-bench-", args.out, params.max_seconds) as (
+            stack,
+            tmp,
+            logs,
+        ):
             say(f"starting Postgres, the fake LLM, chatsvc and the baseline ({tmp})")
             up = start_everything(
                 stack, tmp, params, logs, with_batched=mode == "full", chatsvc_env=chatsvc_env
@@ -413,22 +412,16 @@ def main(argv: list[str] | None = None) -> int:
                 }
             except BaseException:
                 batched = [up.batched] if up.batched else []
-                for service in [up.llm, *bench.chatsvc, *batched, *up.baseline]:
-                    say(f"--- end of {service.name}'s log ---\n{service.tail(15)}")
+                session.tell_logs(say, [up.llm, *bench.chatsvc, *batched, *up.baseline])
                 raise
             results["elapsed_s"] = time.monotonic() - started
             results["rows"] = report.rows(results)
             print(report.render(results), flush=True)
             report.write_json(results, args.json)
             say(f"results written to {args.json}; stopping everything")
-    except KeyboardInterrupt:
-        say("interrupted; everything it started is stopped")
-        return 130
-    except (TimeLimit, Exception):
-        traceback.print_exc()
-        say("benchmark failed; everything it started is stopped")
-        return 1
-    return 0
+        return 0
+
+    return session.guarded("benchmark failed", say, run)
 
 
 if __name__ == "__main__":

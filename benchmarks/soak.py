@@ -25,11 +25,7 @@ import argparse
 import contextlib
 import json
 import random
-import shutil
-import sys
-import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,7 +36,7 @@ import gevent.event
 import psutil
 from gevent.pywsgi import WSGIServer
 
-from benchmarks import context, footprint, load, report, wire
+from benchmarks import context, footprint, load, report, session, wire
 from benchmarks.services import Database, Service, free_port
 from chatsvc.fakellm import parse_directives, script_text
 
@@ -58,10 +54,6 @@ url = "{url}"
 idempotent = true
 parameters = {{ type = "object", properties = {{ q = {{ type = "string" }} }} }}
 """
-
-
-class TimeLimit(Exception):
-    """The soak took longer than its time limit."""
 
 
 class Dropped(Exception):
@@ -112,9 +104,7 @@ def params_from(args: argparse.Namespace) -> SoakParams:
     return replace(params, noise=replace(params.noise, count=count))
 
 
-def say(message: str) -> None:
-    """Progress, on stderr (stdout is for the table)."""
-    print(f"[soak {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+say = session.progress("soak")  # progress, on stderr (stdout is for the table)
 
 
 # --- the mix -----------------------------------------------------------------------
@@ -514,15 +504,9 @@ def main(args: argparse.Namespace, start: Start) -> int:
     p = params_from(args)
     began = time.monotonic()
     busy_before = psutil.cpu_percent(interval=1.0)
-    tmp = Path(tempfile.mkdtemp(prefix="chatsvc-soak-"))
-    logs = tmp / "logs"
-    logs.mkdir()
-    args.out.mkdir(parents=True, exist_ok=True)
-    passed = False
-    try:
-        with contextlib.ExitStack() as stack, gevent.Timeout(p.max_seconds, TimeLimit):
-            stack.callback(shutil.rmtree, tmp, True)
-            stack.callback(shutil.copytree, logs, args.out / "logs", dirs_exist_ok=True)
+
+    def run() -> int:
+        with session.workspace("chatsvc-soak-", args.out, p.max_seconds) as (stack, tmp, logs):
             env = {**serve_tool(stack, tmp), "CHATSVC_POOL_SIZE": str(p.pool_size)}
             say(f"starting Postgres, the fake LLM, chatsvc A and B ({tmp})")
             up = start(
@@ -538,8 +522,7 @@ def main(args: argparse.Namespace, start: Start) -> int:
             try:
                 measured = soak_run(p, up.chatsvc, up.llm, up.db, up.token)
             except BaseException:
-                for service in [up.llm, *up.chatsvc]:
-                    say(f"--- end of {service.name}'s log ---\n{service.tail(15)}")
+                session.tell_logs(say, [up.llm, *up.chatsvc])
                 raise
             found, failures = verdicts(measured, p)
             readings = dict(zip(("start", "middle", "end"), measured["readings"], strict=True))
@@ -556,15 +539,9 @@ def main(args: argparse.Namespace, start: Start) -> int:
                 "passed": not failures,
                 "elapsed_s": round(time.monotonic() - began, 1),
             }
-            passed = not failures
             print(render(results), flush=True)
             report.write_json(results, args.json)
             say(f"results written to {args.json}; stopping everything")
-    except KeyboardInterrupt:
-        say("interrupted; everything it started is stopped")
-        return 130
-    except (TimeLimit, Exception):
-        traceback.print_exc()
-        say("soak failed to run; everything it started is stopped")
-        return 1
-    return 0 if passed else 1
+        return 1 if failures else 0
+
+    return session.guarded("soak failed to run", say, run)
