@@ -16,18 +16,22 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(300)
-def test_bench_smoke_prints_every_row_of_the_table(tmp_path: Path) -> None:
-    results = tmp_path / "bench.json"
-    argv = ["--smoke", "--json", str(results), "--out", str(tmp_path / "out")]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", *argv],
+def _bench(tmp_path: Path, *argv: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`scripts/bench` with these arguments, its profiles and logs under tmp_path."""
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", *argv, "--out", str(tmp_path / "out")],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         check=False,
     )
+
+
+@pytest.mark.timeout(300)
+def test_bench_smoke_prints_every_row_of_the_table(tmp_path: Path) -> None:
+    results = tmp_path / "bench.json"
+    done = _bench(tmp_path, "--smoke", "--json", str(results), timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     header, *table = lines
@@ -49,14 +53,7 @@ def test_bench_smoke_prints_every_row_of_the_table(tmp_path: Path) -> None:
 def test_soak_smoke_reads_every_process_and_runs_the_whole_mix(tmp_path: Path) -> None:
     results = tmp_path / "soak.json"
     argv = ["--soak", "--smoke", "--soak-minutes", "0.25", "--json", str(results)]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", *argv, "--out", str(tmp_path / "out")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = _bench(tmp_path, *argv, timeout=120)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-5000:]
     assert "PASSED" in done.stdout
     kept = json.loads(results.read_text())
@@ -78,15 +75,7 @@ def test_soak_smoke_reads_every_process_and_runs_the_whole_mix(tmp_path: Path) -
 @pytest.mark.timeout(90)
 def test_pg_ceiling_smoke_measures_every_step(tmp_path: Path) -> None:
     results = tmp_path / "pg.json"
-    argv = ["--pg-ceiling", "--smoke", "--json", str(results), "--out", str(tmp_path / "out")]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _bench(tmp_path, "--pg-ceiling", "--smoke", "--json", str(results), timeout=60)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert "Ceiling of one Postgres" in done.stdout
     kept = json.loads(results.read_text())
