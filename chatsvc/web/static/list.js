@@ -39,11 +39,19 @@ class ConversationList {
 
   async reload() {
     try {
+      // Only entries the list had before the read may go: one an event added while the
+      // read was in flight is newer than what the read saw.
+      const before = new Set();
+      for (const li of $$("li", this.list)) before.add(li.dataset.id);
       const { items } = await api("GET", "/api/conversations?limit=50");
       const seen = new Set(items.map((c) => c.id));
       // A page of older conversations (?before=) keeps its own entries.
       const newest = !new URLSearchParams(location.search).has("before");
-      if (newest) for (const li of $$("li", this.list)) if (!seen.has(li.dataset.id)) li.remove();
+      if (newest) {
+        for (const li of $$("li", this.list)) {
+          if (before.has(li.dataset.id) && !seen.has(li.dataset.id)) li.remove();
+        }
+      }
       for (const c of items.slice().reverse()) this.upsert(c.id, c.title, c.is_streaming, true);
     } catch {
       // The room keeps what it has; the next (re)connect reads again.
