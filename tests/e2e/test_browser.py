@@ -52,7 +52,8 @@ def _sign_in(page: Page, base: str, token: str, path: str = "/") -> None:
     page.goto(base + path)
     page.locator("#token").fill(token)
     page.locator("role=button[name='Sign in']").click()
-    page.locator("role=button[name='Sign out']").expect("to_be_visible")
+    # The sign-in reloads the page; it is usable once its scripts have run (chat.js marks it).
+    page.locator("html[data-ready] [data-action=sign-out]").expect("to_be_visible")
 
 
 def _answer(page: Page) -> tuple[str, str]:
@@ -109,7 +110,7 @@ def test_sign_in_with_a_token_then_start_a_conversation(
     page.locator("role=alert").expect("to_have_text", "This token is not valid. (unauthorized)")
     page.locator("#token").fill(token)
     page.locator("role=button[name='Sign in']").click()
-    page.locator("h1").expect("to_have_text", "Conversations")
+    page.locator("html[data-ready] h1").expect("to_have_text", "Conversations")
     page.locator("#title").fill("<b>not bold</b>")
     page.locator("role=button[name='Start']").click()
     page.locator("h1").expect("to_have_text", "<b>not bold</b>")

@@ -105,7 +105,8 @@ def _sign_in(page: Page, base: str, token: str, path: str = "/") -> None:
     page.goto(base + path)
     page.locator("#token").fill(token)
     page.locator("role=button[name='Sign in']").click()
-    page.locator("[data-live-list]").expect("to_be_attached")
+    # The sign-in reloads the page; it is usable once its scripts have run (chat.js marks it).
+    page.locator("html[data-ready] [data-live-list]").expect("to_be_attached")
 
 
 def _shoot(page: Page, name: str) -> Path:

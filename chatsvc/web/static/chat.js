@@ -249,6 +249,9 @@ function setUp() {
       list.onDeleted = () => conversation.gone();
     }
   }
+  // Every handler is attached: until now a click or Enter would do the browser's default
+  // (the page is painted before its deferred scripts run). Tests wait for this mark.
+  document.documentElement.dataset.ready = "true";
 }
 
 setUp();
