@@ -52,6 +52,14 @@ BATCH = """
 INSERT INTO wal_layout_batches (message_ids, starts, epochs, texts)
 SELECT %(ids)s, array_fill(%(start)s, ARRAY[%(n)s]), array_fill(1, ARRAY[%(n)s]), %(texts)s
 """
+BATCH_AND_UPDATE = """
+WITH m AS (UPDATE wal_layout_messages m SET content_length = content_length + %(chars)s,
+               last_checkpoint_at = now(), lease_expires_at = now() + interval '10 seconds'
+           FROM unnest(%(ids)s::uuid[]) AS b(id) WHERE m.id = b.id RETURNING m.id)
+INSERT INTO wal_layout_batches (message_ids, starts, epochs, texts)
+SELECT %(ids)s, array_fill(%(start)s, ARRAY[%(n)s]), array_fill(1, ARRAY[%(n)s]), %(texts)s
+WHERE (SELECT count(*) FROM m) > 0
+"""
 
 
 def wal_position(conn: psycopg.Connection[Any]) -> int:
@@ -78,6 +86,9 @@ def main() -> None:
         "today": lambda conn, ids: measure(conn, ids, TODAY),
         "rows, no message update": lambda conn, ids: measure(conn, ids, ROWS),
         "one row per transaction": lambda conn, ids: measure(conn, ids, BATCH),
+        "one row per transaction, message update": lambda conn, ids: measure(
+            conn, ids, BATCH_AND_UPDATE
+        ),
     }
     with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
         conn.execute(SETUP)

@@ -22,6 +22,7 @@ from chatsvc.config import OFFLINE_MODEL, Settings
 from chatsvc.engine import builtin_tools, history, ledger, llm, prompts, provider_errors
 from chatsvc.engine.checkpoint import Checkpointer
 from chatsvc.engine.continuation import Seam
+from chatsvc.engine.history import Branch
 from chatsvc.engine.stream import Ending, Meter, State, Stream
 from chatsvc.engine.tools import Registry
 from chatsvc.engine.toolsteps import NOT_RUN_MAX_STEPS, ToolSteps
@@ -62,13 +63,16 @@ class Answerer:
         self.checkpointer = checkpointer
         self.registry = registry
 
-    def start(self, stream: Stream, *, resumed: bool = False) -> Stream:
-        """Begin (or, after a takeover, continue) generating an answer this process owns."""
+    def start(
+        self, stream: Stream, *, resumed: bool = False, branch: Branch | None = None
+    ) -> Stream:
+        """Begin (or, after a takeover, continue) generating an answer this process owns;
+        `branch`: its prompt's messages, when the transaction that inserted it read them."""
         if not resumed:
             stream.sent_at = stream.began_at
         metrics.ANSWERS_STARTED.labels("resumed" if resumed else "sent").inc()
         self.checkpointer.adopt(stream)
-        stream.worker = gevent.spawn(self._run, stream, resumed)
+        stream.worker = gevent.spawn(self._run, stream, resumed, branch)
         return stream
 
     def tools_for(self, model: str) -> Registry:
@@ -78,7 +82,7 @@ class Answerer:
             return Registry({**builtin_tools.REGISTRY.tools, **self.registry.tools})
         return self.registry
 
-    def _run(self, stream: Stream, resumed: bool) -> None:
+    def _run(self, stream: Stream, resumed: bool, branch: Branch | None) -> None:
         logs.MESSAGE_ID.set(str(stream.message_id))  # on every line this greenlet logs
         current: ModelCall | None = None
         steps: ToolSteps | None = None
@@ -90,7 +94,8 @@ class Answerer:
                 if stream.step >= self.settings.max_steps:
                     ending = Ending("completed", error=self._max_steps_error())
                     break
-                prompt, partial = self._prompt(stream, continuing)
+                prompt, partial = self._prompt(stream, continuing, branch)
+                branch = None  # read once: a later call's prompt has the tool results
                 current = ModelCall(prompt)
                 self._call(stream, current, registry, Seam(partial or ""))
                 stream.meters.append(current.meter(stream.step))
@@ -177,11 +182,15 @@ class Answerer:
         if text:
             self.checkpointer.append(stream, text)
 
-    def _prompt(self, stream: Stream, continuing: bool) -> tuple[prompts.Prompt, str | None]:
+    def _prompt(
+        self, stream: Stream, continuing: bool, branch: Branch | None
+    ) -> tuple[prompts.Prompt, str | None]:
         """The answer's branch before it, then the answer's committed parts; and, when the
-        model is asked to continue its cut-off text, that text."""
-        with self.pool.connection() as conn:
-            before, answer = history.said_before(conn, stream.message_id)
+        model is asked to continue its cut-off text, that text. `branch`: already read."""
+        if branch is None:
+            with self.pool.connection() as conn:
+                branch = history.said_before(conn, stream.message_id)
+        before, answer = branch
         messages: prompts.Prompt = []
         for said in before:
             if said.role == "assistant" and said.parts:

@@ -17,6 +17,7 @@ from chatsvc.engine import (
     continuation,
     conversations,
     events,
+    history,
     limits,
     models,
     projects,
@@ -25,6 +26,7 @@ from chatsvc.engine import (
 )
 from chatsvc.engine import messages as message_rows
 from chatsvc.engine.conversations import Conversation
+from chatsvc.engine.history import Branch
 from chatsvc.engine.leases import Claim
 from chatsvc.engine.messages import Exchange, Message, NewAnswer
 from chatsvc.engine.projects import Project
@@ -50,6 +52,8 @@ class Sent:
 
     exchange: Exchange
     created: bool
+    # The new answer's branch as the exchange's transaction read it (its prompt).
+    branch: Branch | None = None
 
 
 def send(
@@ -317,7 +321,9 @@ def _exchange(
         outbox += _titled(conn, conversation, content)
     outbox += _stream_started(conversation, user, answer.id)
     events.send(conn, outbox)
-    return Sent(exchange, created=True)
+    # The prompt, read here rather than by the answer: one transaction less before the
+    # model call.
+    return Sent(exchange, created=True, branch=history.said_before(conn, answer.id))
 
 
 def _stream_started(conversation: Conversation, user: User, message_id: UUID) -> list[events.Event]:
@@ -357,7 +363,7 @@ def _started(rt: Runtime, sent: Sent) -> Sent:
     """Generate a newly created answer (after its rows are committed)."""
     if sent.created:
         answer = sent.exchange.assistant_message
-        rt.answerer.start(Stream.for_message(answer, rt.settings.model))
+        rt.answerer.start(Stream.for_message(answer, rt.settings.model), branch=sent.branch)
     return sent
 
 

@@ -43,7 +43,11 @@ ORDER BY b.depth DESC
 """
 
 
-def said_before(conn: Connection[Any], answer_id: UUID) -> tuple[list[Said], Said | None]:
+# The messages of an answer's branch before it, and the answer as committed.
+Branch = tuple[list[Said], Said | None]
+
+
+def said_before(conn: Connection[Any], answer_id: UUID) -> Branch:
     """The messages of an answer's branch before it, and the answer as committed (None if
     it is gone)."""
     cur = conn.cursor(row_factory=class_row(Said))
