@@ -133,12 +133,13 @@ def wrap_exceptions() -> Iterator[None]:
     """Translate driver errors that mean 'the database is not there' into Unavailable."""
     try:
         yield
-    except (psycopg.OperationalError, pg_errors.AdminShutdown, pg_errors.CannotConnectNow) as exc:
-        raise Unavailable() from exc
+    # Both are OperationalErrors too: they go first, or they would read as "unavailable".
     except PoolTimeout as exc:
         raise Unavailable("The service is too busy to reach the database; try again.") from exc
     except psycopg.errors.QueryCanceled as exc:
         raise Unavailable("The database did not answer in time; try again shortly.") from exc
+    except (psycopg.OperationalError, pg_errors.AdminShutdown, pg_errors.CannotConnectNow) as exc:
+        raise Unavailable() from exc
 
 
 def unique_violation_of(exc: BaseException, constraint: str) -> bool:

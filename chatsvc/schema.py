@@ -14,6 +14,7 @@ makes tables of them.
 from __future__ import annotations
 
 from sqlalchemy import (
+    DDL,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -30,13 +31,15 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    event,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 __all__ = [
     "active_streams",
     "api_tokens",
+    "chunk_batches",
     "conversation_status",
     "conversations",
     "llm_calls",
@@ -53,6 +56,18 @@ __all__ = [
 
 metadata = MetaData()
 """Every table of chatsvc's schema."""
+
+# The default of messages.batches_from, as migration 0006 defines it (plpgsql: its
+# body is checked when called, so it can exist before chunk_batches does).
+event.listen(
+    metadata,
+    "before_create",
+    DDL(
+        "CREATE OR REPLACE FUNCTION chatsvc_batches_now() RETURNS bigint "
+        "LANGUAGE plpgsql STABLE AS $$ BEGIN "
+        "RETURN (SELECT coalesce(max(id), 0) + 1 FROM chunk_batches); END $$"
+    ),
+)
 
 views = MetaData()
 """The read-only views, described as tables so that queries can select from them."""
@@ -212,6 +227,9 @@ messages = Table(
     # The message this one follows (NULL for a first message); messages with the
     # same parent are versions of one another.
     Column("parent_id", _UUID, ForeignKey("messages.id", ondelete="CASCADE")),
+    # Every chunk of a streaming answer is in a chunk_batches row with an id at
+    # least this (NULL: from the start).
+    Column("batches_from", BigInteger, server_default=text("chatsvc_batches_now()")),
     CheckConstraint("role IN ('user', 'assistant')"),
     CheckConstraint("status IN ('streaming', 'completed', 'cancelled', 'failed', 'interrupted')"),
     CheckConstraint("char_length(client_message_id) BETWEEN 1 AND 200"),
@@ -261,19 +279,21 @@ Index(
     postgresql_where=messages.c.status == "streaming",
 )
 
-# The text (and reasoning) of streaming answers, appended at each checkpoint. No
-# foreign key to messages: its check would lock the message row at every checkpoint.
-message_chunks = Table(
-    "message_chunks",
+# The text (and reasoning) of streaming answers: each checkpoint transaction
+# appends one row holding the new text of all its answers, entry i of the arrays
+# being one chunk (read them through the message_chunks view). No foreign key to
+# messages: its check would lock the message rows at every checkpoint.
+chunk_batches = Table(
+    "chunk_batches",
     metadata,
-    Column("message_id", _UUID, nullable=False),
-    Column("start_offset", Integer, nullable=False),
-    Column("epoch", Integer, nullable=False),
-    Column("content", Text, nullable=False),
-    Column("kind", Text, nullable=False, server_default=text("'text'")),
-    PrimaryKeyConstraint("message_id", "kind", "start_offset"),
-    CheckConstraint("start_offset >= 0"),
-    CheckConstraint("kind IN ('text', 'reasoning')"),
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("message_ids", ARRAY(_UUID), nullable=False),
+    Column("kinds", ARRAY(Text), nullable=False),
+    Column("starts", ARRAY(Integer), nullable=False),
+    Column("epochs", ARRAY(Integer), nullable=False),
+    Column("texts", ARRAY(Text), nullable=False),
+    Column("written_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
+    postgresql_with={"toast_tuple_target": "8160"},
 )
 
 # One row per model call: what a user's token totals are made of.
@@ -344,6 +364,20 @@ active_streams = Table(
     info={"view": True},
 )
 """One row per streaming answer (a view: read it, never write it)."""
+
+message_chunks = Table(
+    "message_chunks",
+    views,
+    Column("message_id", _UUID),
+    Column("start_offset", Integer),
+    Column("epoch", Integer),
+    Column("content", Text),
+    Column("kind", Text),
+    Column("batch_id", BigInteger),
+    info={"view": True},
+)
+"""One row per chunk of a streaming answer's text or reasoning, from chunk_batches (a view:
+restrict `batch_id` to at least the answer's `batches_from`, or it reads every batch)."""
 
 conversation_status = Table(
     "conversation_status",

@@ -48,7 +48,8 @@ FROM messages WHERE id = %s AND role = 'assistant' FOR UPDATE
 
 # The text goes back to a chunk (reasoning too: the concatenation of the
 # reasoning parts), written by the stopped epoch, so that a takeover's estimate
-# of what the new epoch wrote (leases.TAKE_OVER) leaves it out.
+# of what the new epoch wrote (leases.TAKE_OVER) leaves it out. The view makes
+# each chunk a batch of its own, after the answer's new batches_from.
 REOPEN = """
 WITH chunks AS (
     INSERT INTO message_chunks (message_id, kind, start_offset, epoch, content)
@@ -67,7 +68,7 @@ SET status = 'streaming', epoch = m.epoch + 1, owner = %(owner)s,
     lease_expires_at = now() + %(lease)s * interval '1 second', last_checkpoint_at = now(),
     completed_at = NULL, cancel_requested_at = NULL, error = NULL, usage = NULL,
     content = '', parts = NULL, resume_count = 0, step = %(step)s,
-    layout = %(layout)s::jsonb, model = %(model)s
+    layout = %(layout)s::jsonb, model = %(model)s, batches_from = chatsvc_batches_now()
 WHERE m.id = %(id)s AND m.status = ANY(%(stopped)s)
 RETURNING m.id, m.conversation_id, m.user_id, m.model, m.epoch, m.content_length,
           m.resume_count, m.reasoning_length, m.tool_version, m.step, m.layout

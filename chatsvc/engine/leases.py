@@ -119,7 +119,8 @@ WITH orphans AS (
         lease_expires_at = now() + %(lease)s * interval '1 second'
     FROM orphans WHERE m.id = orphans.id
     RETURNING m.id, m.conversation_id, m.user_id, m.model, m.epoch, m.content_length,
-              m.resume_count, m.reasoning_length, m.tool_version, m.step, m.layout
+              m.resume_count, m.reasoning_length, m.tool_version, m.step, m.layout,
+              m.batches_from
 ), calls AS (
     INSERT INTO llm_calls (message_id, user_id, epoch, step, model, prompt_tokens,
                            completion_tokens, estimated)
@@ -128,7 +129,8 @@ WITH orphans AS (
              FROM message_branch(c.id) b JOIN messages p ON p.id = b.id
              WHERE b.depth > 0) / 4)::int,
            ((SELECT coalesce(sum(char_length(k.content)), 0) FROM message_chunks k
-             WHERE k.message_id = c.id AND k.epoch = c.epoch - 1) / 4)::int,
+             WHERE k.batch_id >= coalesce(c.batches_from, 0)
+               AND k.message_id = c.id AND k.epoch = c.epoch - 1) / 4)::int,
            true
     FROM claimed c
     WHERE NOT EXISTS (SELECT 1 FROM llm_calls l
@@ -141,8 +143,14 @@ FROM claimed
 """
 
 
+# Checkpoints share chunk_batches rows, so no answer deletes its own text: this
+# deletes the batches older than every streaming answer's first (migration 0006).
+SWEEP_CHUNKS = "SELECT chatsvc_sweep_chunks()"
+
+
 class Reaper(Background):
-    """Takes over orphaned answers: on a timer, when woken by a release, and at startup."""
+    """Takes over orphaned answers: on a timer, when woken by a release, and at startup;
+    and on the same timer deletes the chunk batches nothing reads any more."""
 
     def __init__(
         self,
@@ -170,6 +178,7 @@ class Reaper(Background):
             try:
                 while not self._stopped and self.sweep() > 0:
                     pass  # more orphans may be waiting
+                self.sweep_chunks()
             except psycopg.Error as exc:
                 log.warning("orphan sweep failed: %s", exc)
             except Exception:
@@ -221,6 +230,12 @@ class Reaper(Background):
                 stream.move(State.ENDING, Ending("interrupted", error=self._why(claim)))
                 self.checkpointer.adopt(stream)
         return len(claims)
+
+    def sweep_chunks(self) -> int:
+        """Delete the chunk batches no streaming answer reads any more; returns how many."""
+        with self.pool.connection() as conn:
+            row = conn.execute(SWEEP_CHUNKS).fetchone()
+        return int(row[0]) if row else 0
 
     def _resumes(self, claim: Claim) -> bool:
         return (

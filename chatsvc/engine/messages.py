@@ -388,7 +388,8 @@ SELECT m.id AS message_id, m.conversation_id, m.status, m.epoch, m.content_lengt
            SELECT substr(string_agg(c.content, '' ORDER BY c.start_offset),
                          %(content)s - min(c.start_offset) + 1)
            FROM message_chunks c
-           WHERE c.message_id = m.id AND c.kind = 'text'
+           WHERE c.batch_id >= coalesce(m.batches_from, 0)
+             AND c.message_id = m.id AND c.kind = 'text'
              AND c.start_offset + char_length(c.content) > %(content)s), '')
        ELSE substr(m.content, %(content)s + 1) END AS text,
        CASE WHEN m.reasoning_length <= %(reasoning)s THEN ''
@@ -396,7 +397,8 @@ SELECT m.id AS message_id, m.conversation_id, m.status, m.epoch, m.content_lengt
            SELECT substr(string_agg(c.content, '' ORDER BY c.start_offset),
                          %(reasoning)s - min(c.start_offset) + 1)
            FROM message_chunks c
-           WHERE c.message_id = m.id AND c.kind = 'reasoning'
+           WHERE c.batch_id >= coalesce(m.batches_from, 0)
+             AND c.message_id = m.id AND c.kind = 'reasoning'
              AND c.start_offset + char_length(c.content) > %(reasoning)s), '')
        ELSE coalesce(substr((
            SELECT string_agg(p ->> 'text', '' ORDER BY k)

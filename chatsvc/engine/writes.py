@@ -23,8 +23,10 @@ from chatsvc.engine.stream import Meter, Stream, Take
 # One statement checkpoints every stream in the batch, and is its own
 # transaction: one round trip to commit any number of streams. A stream whose
 # epoch or committed lengths no longer match (taken over, ended, or fenced) is
-# simply not returned, and nothing of it is written. It appends a text chunk
-# and a reasoning chunk, each at its committed offset; layout and step are
+# simply not returned, and nothing of it is written. It appends one
+# chunk_batches row holding every stream's new text and reasoning, each entry
+# at its committed offset (one row's overhead per transaction, not per
+# stream: see migration 0006); layout and step are
 # written only when they changed (NULL leaves them), so a plain answer's row
 # changes only in the columns it always did, and its WAL stays as small.
 #
@@ -56,11 +58,16 @@ WITH b AS (
       AND m.content_length = b.start_offset AND m.reasoning_length = b.rstart
     RETURNING m.id, m.epoch, m.cancel_requested_at IS NOT NULL AS cancel,
               b.start_offset, b.content, b.rstart, b.reasoning, b.item, b.payload, b.n
-), c AS (
-    INSERT INTO message_chunks (message_id, kind, start_offset, epoch, content)
-    SELECT id, 'text', start_offset, epoch, content FROM m WHERE content <> ''
+), e AS (
+    SELECT n, 0 AS k, id, 'text' AS kind, start_offset, epoch, content FROM m WHERE content <> ''
     UNION ALL
-    SELECT id, 'reasoning', rstart, epoch, reasoning FROM m WHERE reasoning <> ''
+    SELECT n, 1, id, 'reasoning', rstart, epoch, reasoning FROM m WHERE reasoning <> ''
+), c AS (
+    INSERT INTO chunk_batches (message_ids, kinds, starts, epochs, texts)
+    SELECT array_agg(id ORDER BY n, k), array_agg(kind ORDER BY n, k),
+           array_agg(start_offset ORDER BY n, k), array_agg(epoch ORDER BY n, k),
+           array_agg(content ORDER BY n, k)
+    FROM e HAVING count(*) > 0
 ), sent AS (
     SELECT pg_notify(%(channel)s, '[' || string_agg(item, ',' ORDER BY n) || ']')
     FROM m WHERE item IS NOT NULL GROUP BY payload
@@ -142,8 +149,8 @@ def meter(conn: Connection[Any], stream: Stream, meters: list[Meter]) -> None:
 
 
 # Content (its text chunks: never reasoning), parts, status, usage and error of a
-# finished answer in one statement; the chunks they were assembled from are
-# deleted in the same snapshot, which still sees them. The checkpointer commits
+# finished answer in one statement. Its chunks stay in their batches, shared
+# with other answers, until the reaper's sweep deletes them. The checkpointer commits
 # the answer's pending text, and the llm_calls rows of its model calls, before
 # it in the same transaction, so the chunks hold all of the text and `usage` is
 # the sum over every call.
@@ -153,7 +160,8 @@ WITH m AS (
     SET status = %(status)s,
         content = coalesce((SELECT string_agg(c.content, '' ORDER BY c.start_offset)
                             FROM message_chunks c
-                            WHERE c.message_id = m.id AND c.kind = 'text'), ''),
+                            WHERE c.batch_id >= coalesce(m.batches_from, 0)
+                              AND c.message_id = m.id AND c.kind = 'text'), ''),
         parts = message_parts(m),
         usage = jsonb_build_object(
             'prompt_tokens', coalesce(
@@ -170,8 +178,6 @@ WITH m AS (
     WHERE m.id = %(id)s AND m.epoch = %(epoch)s AND m.status = 'streaming'
       AND m.content_length = %(length)s
     RETURNING m.id, m.usage, m.conversation_id
-), chunks AS (
-    DELETE FROM message_chunks c USING m WHERE c.message_id = m.id
 )
 SELECT m.usage, c.project_id, c.user_id FROM m JOIN conversations c ON c.id = m.conversation_id
 """

@@ -77,6 +77,8 @@ def test_a_batch_is_committed_and_notified_in_payloads_under_the_limit(
     assert local == {s.message_id: texts[s] for s in streams}  # locally, always the text
     rows = dict(conn.execute("SELECT message_id, content FROM message_chunks").fetchall())
     assert rows == {s.message_id: texts[s] for s in streams}
+    # One row holds the text of every answer the transaction committed.
+    assert conn.execute("SELECT count(*) FROM chunk_batches").fetchone() == (1,)
 
 
 def test_a_fenced_stream_is_neither_written_nor_notified(

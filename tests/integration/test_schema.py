@@ -22,6 +22,7 @@ MIGRATIONS = [
     "0003.tree",
     "0004.users-disable",
     "0005.chat-keys",
+    "0006.chunk-batches",
 ]
 INDEX_QUERY = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
 
@@ -128,7 +129,9 @@ def test_schema_has_what_the_spec_documents(conn: psycopg.Connection[Any]) -> No
 
 
 def _conversation(conn: psycopg.Connection[Any]) -> Any:
-    user = conn.execute("INSERT INTO users (name) VALUES ('u') RETURNING id").fetchone()[0]
+    user = conn.execute(
+        "INSERT INTO users (name) VALUES ('u' || gen_random_uuid()) RETURNING id"
+    ).fetchone()[0]
     return user, conn.execute(
         "INSERT INTO conversations (user_id) VALUES (%s) RETURNING id", (user,)
     ).fetchone()[0]
@@ -178,15 +181,43 @@ def test_psql_cancel_update_notifies_the_owner(conn: psycopg.Connection[Any], db
     assert events.decode(notices[0].payload) == [events.CancelRequested(conversation, message)]
 
 
-def test_deleting_a_streaming_answer_deletes_its_chunks(conn: psycopg.Connection[Any]) -> None:
-    conversation, message = _streaming_answer(conn)
+def test_the_sweep_deletes_the_chunks_no_streaming_answer_reads(
+    conn: psycopg.Connection[Any],
+) -> None:
+    def chunk(message: Any, text: str) -> None:
+        conn.execute(
+            "INSERT INTO message_chunks (message_id, start_offset, epoch, content) "
+            "VALUES (%s, 0, 1, %s)",
+            (message, text),
+        )
+
+    def sweep() -> int:
+        row = conn.execute("SELECT chatsvc_sweep_chunks()").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def chunks() -> list[tuple[Any, str]]:
+        return conn.execute("SELECT message_id, content FROM message_chunks").fetchall()
+
+    first_conversation, first = _streaming_answer(conn)
+    chunk(first, "first")
+    _, second = _streaming_answer(conn)  # its chunks come after the first's
+    chunk(second, "second")
+    assert sweep() == 0, "both answers stream: every batch is read"
+    assert conn.execute(
+        "SELECT message_text(m) FROM messages m WHERE id = ANY(%s) ORDER BY m.seq",
+        ([first, second],),
+    ).fetchall() == [("first",), ("second",)]
+    # Deleting a streaming answer leaves its chunks to the sweep.
+    conn.execute("DELETE FROM conversations WHERE id = %s", (first_conversation,))
+    assert sweep() == 1
+    assert chunks() == [(second, "second")]
+    # Once no answer streams, no batch is kept.
     conn.execute(
-        "INSERT INTO message_chunks (message_id, start_offset, epoch, content) "
-        "VALUES (%s, 0, 1, 'partial')",
-        (message,),
+        "UPDATE messages SET status = 'completed', completed_at = now() WHERE id = %s", (second,)
     )
-    conn.execute("DELETE FROM conversations WHERE id = %s", (conversation,))
-    assert conn.execute("SELECT count(*) FROM message_chunks").fetchone() == (0,)
+    assert sweep() == 1
+    assert chunks() == []
 
 
 def test_existing_conversations_become_one_branch(empty_db: str) -> None:

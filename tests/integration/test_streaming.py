@@ -151,10 +151,15 @@ def test_checkpoints_append_only_new_text(user: ApiClient, llm_app: AppServer) -
         offset += length
     final = user.wait_terminal(message_id)
     assert final["content_length"] == 600
-    leftover = _row(
-        llm_app.db_url, "SELECT count(*) FROM message_chunks WHERE message_id = %s", message_id
+    # Its chunks outlive it only until the reaper's next sweep (about a second).
+    _wait_for(
+        lambda: _row(
+            llm_app.db_url,
+            "SELECT count(*) = 0 FROM message_chunks WHERE message_id = %s",
+            message_id,
+        )[0],
+        what="the sweep of the finished answer's chunks",
     )
-    assert leftover == (0,)
 
 
 def test_sse_headers_retry_and_offsets(user: ApiClient) -> None:
