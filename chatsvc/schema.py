@@ -62,7 +62,7 @@ metadata = MetaData()
 event.listen(
     metadata,
     "before_create",
-    DDL(
+    DDL(  # type: ignore[no-untyped-call]  # SQLAlchemy's DDL() has no annotations
         "CREATE OR REPLACE FUNCTION chatsvc_batches_now() RETURNS bigint "
         "LANGUAGE plpgsql STABLE AS $$ BEGIN "
         "RETURN (SELECT coalesce(max(id), 0) + 1 FROM chunk_batches); END $$"
