@@ -1,12 +1,15 @@
-"""WAL per answer and checkpoint for three ways of storing streaming text, in SQL alone.
+"""WAL per answer and checkpoint for four ways of storing streaming text, in SQL alone.
 
 Each answer gets 100 checkpoints of 20 characters (a 100 ms checkpoint at 50
 tokens of 4 characters a second), for 1, 10 and 50 answers committed together:
 
-- `today`: what chatsvc writes, a chunk row per answer (with its primary-key
-  entry) and an update of the answer's row (length, checkpoint time, lease);
+- `row per answer`: what chatsvc wrote before migration 0006, a chunk row per
+  answer (with its primary-key entry) and an update of the answer's row
+  (length, checkpoint time, lease);
 - `rows, no message update`: the same chunk rows without the row update;
-- `one row per transaction`: a single row carrying every answer's text.
+- `one row per transaction`: a single row carrying every answer's text;
+- `one row per transaction, message update`: that row and the update of each
+  answer's row, what chatsvc writes since 0006.
 
 The chunks are deleted at the end, as finishing an answer does. It creates and
 drops its own tables (`wal_layout_*`); WAL is the whole server's, so run it on a
@@ -36,7 +39,7 @@ CREATE TABLE wal_layout_chunks (message_id uuid, kind "char" DEFAULT 't', start_
 CREATE TABLE wal_layout_batches (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     message_ids uuid[], starts int[], epochs int[], texts text[]);
 """
-TODAY = """
+ROW_PER_ANSWER = """
 WITH b AS (SELECT * FROM unnest(%(ids)s::uuid[], %(texts)s::text[]) AS b(id, t)),
 m AS (UPDATE wal_layout_messages m SET content_length = content_length + %(chars)s,
           last_checkpoint_at = now(), lease_expires_at = now() + interval '10 seconds'
@@ -83,7 +86,7 @@ def measure(conn: psycopg.Connection[Any], ids: list[uuid.UUID], statement: str)
 
 def main() -> None:
     layouts: dict[str, Callable[[psycopg.Connection[Any], list[uuid.UUID]], float]] = {
-        "today": lambda conn, ids: measure(conn, ids, TODAY),
+        "row per answer": lambda conn, ids: measure(conn, ids, ROW_PER_ANSWER),
         "rows, no message update": lambda conn, ids: measure(conn, ids, ROWS),
         "one row per transaction": lambda conn, ids: measure(conn, ids, BATCH),
         "one row per transaction, message update": lambda conn, ids: measure(
