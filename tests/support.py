@@ -55,13 +55,24 @@ def query(db_url: str, sql: str, *params: Any) -> list[dict[str, Any]]:
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def chunk(conn: psycopg.Connection[Any], message: Any, kind: str, start: int, text: str) -> None:
-    """Append a committed chunk of text or reasoning to a streaming answer, as a checkpoint does."""
+def chunk(
+    conn: psycopg.Connection[Any],
+    message: Any,
+    kind: str,
+    start: int,
+    text: str,
+    *,
+    update_row: bool = True,
+) -> None:
+    """Append a committed chunk of text or reasoning to a streaming answer, as a checkpoint
+    does (and, unless `update_row` is False, advance the row's length column too)."""
     conn.execute(
         "INSERT INTO message_chunks (message_id, kind, start_offset, epoch, content) "
         "VALUES (%s, %s, %s, 1, %s)",
         (message, kind, start, text),
     )
+    if not update_row:
+        return
     column = "content_length" if kind == "text" else "reasoning_length"
     conn.execute(
         f"UPDATE messages SET {column} = {column} + %s WHERE id = %s", (len(text), message)

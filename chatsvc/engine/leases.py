@@ -118,9 +118,10 @@ WITH orphans AS (
         resume_count = m.resume_count + 1,
         lease_expires_at = now() + %(lease)s * interval '1 second'
     FROM orphans WHERE m.id = orphans.id
-    RETURNING m.id, m.conversation_id, m.user_id, m.model, m.epoch, m.content_length,
-              m.resume_count, m.reasoning_length, m.tool_version, m.step, m.layout,
-              m.batches_from
+    RETURNING m.id, m.conversation_id, m.user_id, m.model, m.epoch,
+              message_committed(m, 'text') AS content_length, m.resume_count,
+              message_committed(m, 'reasoning') AS reasoning_length, m.tool_version, m.step,
+              m.layout, m.batches_from
 ), calls AS (
     INSERT INTO llm_calls (message_id, user_id, epoch, step, model, prompt_tokens,
                            completion_tokens, estimated)

@@ -179,9 +179,10 @@ class PartsFrom:
 # assembled (message_text, message_parts), which keeps a long branch cheap to read.
 _COLUMNS = """m.id, m.conversation_id, m.role, m.status,
     CASE WHEN m.status = 'streaming' THEN message_text(m) ELSE m.content END AS content,
-    m.content_length, m.epoch, m.model, m.usage, m.error, m.created_at, m.completed_at,
-    m.client_message_id, m.reply_to, m.parent_id, {siblings} AS sibling_ids,
-    m.user_id, m.reasoning_length, m.tool_version,
+    message_committed(m, 'text') AS content_length, m.epoch, m.model, m.usage, m.error,
+    m.created_at, m.completed_at, m.client_message_id, m.reply_to, m.parent_id,
+    {siblings} AS sibling_ids, m.user_id,
+    message_committed(m, 'reasoning') AS reasoning_length, m.tool_version,
     CASE WHEN m.status = 'streaming' THEN message_parts(m)
          WHEN m.role = 'assistant' THEN coalesce(m.parts, '[]'::jsonb) END AS parts"""
 COLUMNS = _COLUMNS.format(siblings="message_sibling_ids(m)")
@@ -382,8 +383,9 @@ def current_branch(conn: Connection[Any], conversation_id: UUID) -> list[Message
 # a different moment. While streaming, only the chunks that reach past the
 # offset are read; the parts are read only for an answer that has more than text.
 SELECT_PARTS_FROM = """
-SELECT m.id AS message_id, m.conversation_id, m.status, m.epoch, m.content_length,
-       m.reasoning_length, m.tool_version, m.layout,
+SELECT m.id AS message_id, m.conversation_id, m.status, m.epoch,
+       message_committed(m, 'text') AS content_length,
+       message_committed(m, 'reasoning') AS reasoning_length, m.tool_version, m.layout,
        CASE WHEN m.status = 'streaming' THEN coalesce((
            SELECT substr(string_agg(c.content, '' ORDER BY c.start_offset),
                          %(content)s - min(c.start_offset) + 1)
@@ -392,7 +394,7 @@ SELECT m.id AS message_id, m.conversation_id, m.status, m.epoch, m.content_lengt
              AND c.message_id = m.id AND c.kind = 'text'
              AND c.start_offset + char_length(c.content) > %(content)s), '')
        ELSE substr(m.content, %(content)s + 1) END AS text,
-       CASE WHEN m.reasoning_length <= %(reasoning)s THEN ''
+       CASE WHEN message_committed(m, 'reasoning') <= %(reasoning)s THEN ''
             WHEN m.status = 'streaming' THEN coalesce((
            SELECT substr(string_agg(c.content, '' ORDER BY c.start_offset),
                          %(reasoning)s - min(c.start_offset) + 1)
@@ -404,7 +406,8 @@ SELECT m.id AS message_id, m.conversation_id, m.status, m.epoch, m.content_lengt
            SELECT string_agg(p ->> 'text', '' ORDER BY k)
            FROM jsonb_array_elements(m.parts) WITH ORDINALITY AS e(p, k)
            WHERE p ->> 'type' = 'reasoning'), %(reasoning)s + 1), '') END AS reasoning,
-       CASE WHEN m.layout IS NOT NULL OR m.reasoning_length > 0 OR m.tool_version > 0
+       CASE WHEN m.layout IS NOT NULL OR m.tool_version > 0
+                 OR message_committed(m, 'reasoning') > 0
             THEN message_parts(m) END AS parts,
        m.usage, m.error
 FROM messages m WHERE m.id = %(id)s

@@ -82,7 +82,8 @@ SELECT cs.conversation_id, cs.is_streaming, cs.active_message_id,
        a.created_at AS started_at, a.last_checkpoint_at, a.lease_expires_at
 FROM conversation_status cs
 LEFT JOIN LATERAL (
-    SELECT m.id, m.status, m.content_length, m.epoch, m.created_at, m.last_checkpoint_at,
+    SELECT m.id, m.status, message_committed(m, 'text') AS content_length, m.epoch,
+           m.created_at, m.last_checkpoint_at,
            m.lease_expires_at
     FROM message_branch((SELECT c.current_leaf_id FROM conversations c
                          WHERE c.id = cs.conversation_id)) b

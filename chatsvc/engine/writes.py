@@ -22,8 +22,11 @@ from chatsvc.engine.stream import Meter, Stream, Take
 
 # One statement checkpoints every stream in the batch, and is its own
 # transaction: one round trip to commit any number of streams. A stream whose
-# epoch or committed lengths no longer match (taken over, ended, or fenced) is
-# simply not returned, and nothing of it is written. It appends one
+# epoch no longer matches, or that no longer streams (taken over, ended, or
+# fenced), is simply not returned, and nothing of it is written. The owner of
+# the epoch is the only writer, so the offsets it writes at are the committed
+# lengths (the row's length columns are not read: readers take them from the
+# chunks, see message_committed in migration 0006). It appends one
 # chunk_batches row holding every stream's new text and reasoning, each entry
 # at its committed offset (one row's overhead per transaction, not per
 # stream: see migration 0006); layout and step are
@@ -55,7 +58,6 @@ WITH b AS (
         layout = coalesce(b.layout::jsonb, m.layout)
     FROM b
     WHERE m.id = b.id AND m.epoch = b.epoch AND m.status = 'streaming'
-      AND m.content_length = b.start_offset AND m.reasoning_length = b.rstart
     RETURNING m.id, m.epoch, m.cancel_requested_at IS NOT NULL AS cancel,
               b.start_offset, b.content, b.rstart, b.reasoning, b.item, b.payload, b.n
 ), e AS (
@@ -174,9 +176,11 @@ WITH m AS (
         completed_at = clock_timestamp(),
         last_checkpoint_at = now(),
         owner = NULL,
-        lease_expires_at = NULL
+        lease_expires_at = NULL,
+        content_length = %(length)s,
+        reasoning_length = message_committed(m, 'reasoning')
     WHERE m.id = %(id)s AND m.epoch = %(epoch)s AND m.status = 'streaming'
-      AND m.content_length = %(length)s
+      AND message_committed(m, 'text') = %(length)s
     RETURNING m.id, m.usage, m.conversation_id
 )
 SELECT m.usage, c.project_id, c.user_id FROM m JOIN conversations c ON c.id = m.conversation_id
@@ -236,8 +240,9 @@ def release(conn: Connection[Any], streams: list[Stream]) -> set[Stream]:
 
 
 ROWS_NOW = """
-SELECT id, epoch, status, content_length, reasoning_length, tool_version
-FROM messages WHERE id = ANY(%s)
+SELECT id, epoch, status, message_committed(m, 'text'), message_committed(m, 'reasoning'),
+       tool_version
+FROM messages m WHERE id = ANY(%s)
 """
 
 

@@ -17,6 +17,11 @@
 -- Batches are shared, so finishing or deleting an answer no longer deletes its
 -- text: chatsvc_sweep_chunks() deletes the batches older than every streaming
 -- answer's batches_from (each process's reaper calls it on its timer).
+--
+-- A streaming answer's committed lengths are read from its chunks too
+-- (message_committed), not from messages.content_length and reasoning_length:
+-- every reader sees the length of exactly the text it reads, in one snapshot,
+-- and the row's columns need not be written at every checkpoint.
 CREATE TABLE chunk_batches (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     message_ids uuid[] NOT NULL,
@@ -97,6 +102,19 @@ LANGUAGE sql AS $$
     SELECT count(*) FROM gone
 $$;
 
+-- The committed length, in code points, of a message's text ('text') or
+-- reasoning ('reasoning'): the end of its last chunk while it streams, the
+-- row's column once it ended.
+CREATE FUNCTION message_committed(m messages, kind text) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN m.status <> 'streaming' THEN
+                CASE $2 WHEN 'text' THEN m.content_length ELSE m.reasoning_length END
+           ELSE coalesce((SELECT max(c.start_offset + char_length(c.content))
+                          FROM message_chunks c
+                          WHERE c.batch_id >= coalesce(m.batches_from, 0)
+                            AND c.message_id = m.id AND c.kind = $2), 0) END
+$$;
+
 CREATE OR REPLACE FUNCTION message_text(m messages) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN m.status = 'streaming' THEN
@@ -138,8 +156,7 @@ BEGIN
             CONTINUE;
         END IF;
         -- A text or reasoning part ends where the next part of its kind starts.
-        stop := CASE WHEN entry ->> 'type' = 'text' THEN m.content_length
-                     ELSE m.reasoning_length END;
+        stop := message_committed(m, entry ->> 'type');
         FOR nxt IN SELECT value FROM jsonb_array_elements(m.layout) WITH ORDINALITY AS e(value, k)
                    WHERE k - 1 > i AND value ->> 'type' = entry ->> 'type' ORDER BY k LIMIT 1 LOOP
             stop := (nxt ->> 'start')::integer;
@@ -161,3 +178,33 @@ BEGIN
     RETURN result;
 END
 $$;
+
+CREATE OR REPLACE VIEW active_streams AS
+SELECT m.id                            AS message_id,
+       m.conversation_id,
+       m.owner,
+       m.epoch,
+       m.created_at                    AS started_at,
+       m.last_checkpoint_at,
+       m.lease_expires_at,
+       message_text(m)                 AS content,
+       message_committed(m, 'text')    AS content_length,
+       now() - m.created_at            AS age,
+       m.cancel_requested_at,
+       m.resume_count,
+       m.model,
+       message_committed(m, 'reasoning') AS reasoning_length,
+       message_parts(m)                AS parts
+FROM messages m
+WHERE m.status = 'streaming';
+
+CREATE OR REPLACE VIEW conversation_status AS
+SELECT c.id                  AS conversation_id,
+       s.id IS NOT NULL      AS is_streaming,
+       s.id                  AS active_message_id,
+       CASE WHEN s.id IS NOT NULL THEN message_committed(s, 'text') END AS content_length,
+       s.epoch,
+       s.owner,
+       s.lease_expires_at
+FROM conversations c
+LEFT JOIN messages s ON s.conversation_id = c.id AND s.status = 'streaming';

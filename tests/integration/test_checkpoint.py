@@ -143,7 +143,7 @@ def test_parts_are_checkpointed_with_the_text_in_one_statement_and_notified_toge
     conn: psycopg.Connection[Any], db_url: str
 ) -> None:
     ours, fenced = _streams(conn, 2)
-    conn.execute("UPDATE messages SET reasoning_length = 3 WHERE id = %s", (fenced.message_id,))
+    conn.execute("UPDATE messages SET epoch = epoch + 1 WHERE id = %s", (fenced.message_id,))
     published: list[events.Event] = []
     checkpointer = Checkpointer(db_url, TEST_SETTINGS, published.extend)
     for stream in (ours, fenced):

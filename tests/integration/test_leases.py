@@ -15,6 +15,7 @@ from tests.support import (
     ApiClient,
     AppServer,
     FakeLLMServer,
+    chunk,
     follow_message,
     make_user,
 )
@@ -148,3 +149,66 @@ def test_concurrent_reapers_never_claim_the_same_orphan(
             server.stop()
     assert rows == [("interrupted", 2, 1)] * 30
     assert sum(server.runtime.reaper.taken for server in reapers) == 30
+
+
+def test_a_streaming_answer_is_measured_by_its_chunks_not_its_row(
+    db_url: str, fake_llm: FakeLLMServer
+) -> None:
+    """Every reader, and a takeover, take a streaming answer's committed length from its
+    chunks: the row's length columns may lag behind them (a checkpoint need not write
+    them), and nothing shown or resumed depends on them."""
+    question = "@fake chunks=40 size=3"
+    expected = script_text(parse_directives(question))
+    token = make_user(db_url, "lena")
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT user_id FROM api_tokens ORDER BY created_at DESC").fetchone()
+        assert row is not None
+        user = row[0]
+        conversation = conn.execute(
+            "INSERT INTO conversations (user_id) VALUES (%s) RETURNING id", (user,)
+        ).fetchone()[0]  # type: ignore[index]
+        asked = conn.execute(
+            "INSERT INTO messages (conversation_id, user_id, role, status, content, "
+            "content_length, completed_at) VALUES (%s, %s, 'user', 'completed', %s, %s, now()) "
+            "RETURNING id",
+            (conversation, user, question, len(question)),
+        ).fetchone()[0]  # type: ignore[index]
+        # An orphan (its owner is gone) whose row says no text was committed.
+        answer = conn.execute(
+            "INSERT INTO messages (conversation_id, user_id, parent_id, reply_to, role, status, "
+            "model, epoch, owner, lease_expires_at) VALUES (%s, %s, %s, %s, 'assistant', "
+            "'streaming', 'openai/fake', 1, 'gone', now() - interval '1 minute') RETURNING id",
+            (conversation, user, asked, asked),
+        ).fetchone()[0]  # type: ignore[index]
+        conn.execute(
+            "UPDATE conversations SET current_leaf_id = %s WHERE id = %s", (answer, conversation)
+        )
+        chunk(conn, answer, "text", 0, expected[:12], update_row=False)
+        chunk(conn, answer, "text", 12, expected[12:30], update_row=False)
+        assert conn.execute(
+            "SELECT content_length FROM messages WHERE id = %s", (answer,)
+        ).fetchone() == (0,)
+        assert conn.execute(
+            "SELECT content, content_length FROM active_streams WHERE message_id = %s", (answer,)
+        ).fetchone() == (expected[:30], 30)
+        assert conn.execute(
+            "SELECT content_length FROM conversation_status WHERE conversation_id = %s",
+            (conversation,),
+        ).fetchone() == (30,)
+        assert conn.execute(
+            "SELECT message_parts(m) FROM messages m WHERE id = %s", (answer,)
+        ).fetchone() == ([{"type": "text", "text": expected[:30]}],)
+    settings = TEST_SETTINGS.with_(
+        model="openai/fake", llm_api_base=fake_llm.api_base, llm_api_key="sk-test"
+    )
+    server = AppServer(db_url, settings)
+    try:
+        client = ApiClient(server.base, token)
+        shown = client.get(f"/api/messages/{answer}").json()
+        assert shown["content_length"] == len(shown["content"]) >= 30
+        # Taken over at 30 (the chunks' end), continued, finished: no gap, no repeat.
+        done = client.wait_terminal(str(answer))
+    finally:
+        server.stop()
+    assert done["status"] == "completed" and done["epoch"] == 2
+    assert done["content"] == expected and done["content_length"] == len(expected)
