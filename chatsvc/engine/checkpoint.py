@@ -98,9 +98,16 @@ def due(
 class Checkpointer(Background):
     """The process's one committer: group-commits the text of every stream it owns."""
 
-    def __init__(self, url: str, settings: Settings, publish: Callable[[list[events.Event]], None]):
+    def __init__(
+        self,
+        url: str,
+        settings: Settings,
+        publish: Callable[[list[events.Event]], None],
+        owner: str = "",
+    ):
         super().__init__()
         self.url = url
+        self.owner = owner  # the owner its answers' rows name (the fence's key)
         self.settings = settings
         self.publish = publish
         self.streams: dict[UUID, Stream] = {}
@@ -245,12 +252,15 @@ class Checkpointer(Background):
         # so that FINISH assembles content and parts from chunks alone.
         streams = sorted(batch, key=lambda s: s.message_id)
         takes = {s: s.take() for s in streams}
+        renew = {s for s in streams if self._renews(s, takes[s], started)}
         self._uncertain = {s: takes[s] for s in streams}
         if ending or any(
             s.state is State.RELEASING or takes[s].writes or takes[s].meters for s in streams
         ):
             with conn.transaction():
-                done = writes.checkpoint(conn, streams, takes, self.settings.lease_s)
+                done = writes.checkpoint(
+                    conn, streams, takes, self.settings.lease_s, owner=self.owner, renew=renew
+                )
                 for stream in streams:
                     if stream in done.written:
                         ledger.write(conn, stream.message_id, stream.epoch, takes[stream].writes)
@@ -258,8 +268,11 @@ class Checkpointer(Background):
                 releasing = [s for s in streams if s in done.written and s.state is State.RELEASING]
                 finishing = [s for s in ending if s in done.written]
                 released, finished, more = self._hand_over(conn, releasing, finishing, takes)
-        else:  # the common case: one statement, one round trip, its own transaction
-            done = writes.checkpoint(conn, streams, takes, self.settings.lease_s)
+        else:  # the common case: the fence and one statement, pipelined: one round trip
+            with conn.pipeline(), conn.transaction():
+                done = writes.checkpoint(
+                    conn, streams, takes, self.settings.lease_s, owner=self.owner, renew=renew
+                )
             released, finished, more = set(), set(), []
         self._uncertain = {}
         committed = time.monotonic()
@@ -274,7 +287,8 @@ class Checkpointer(Background):
                 continue
             take = takes[stream]
             stream.taken(take)
-            stream.renewed_at = started
+            if stream in renew:
+                stream.renewed_at = started
             if take.text or take.reasoning:
                 stream.checkpointed_at = started
                 self.stats.checkpoints += 1
@@ -294,6 +308,19 @@ class Checkpointer(Background):
         self.publish(done.deltas + more)
         for message_id in done.cancels:
             self.request_cancel(message_id)
+
+    def _renews(self, stream: Stream, take: Take, now: float) -> bool:
+        """Whether this commit writes the stream's row: its lease is due for renewal, or its
+        layout, tool version or step changed, or it ends or is handed over. Text alone
+        writes only its chunk."""
+        return (
+            now - stream.renewed_at >= self.renew_every
+            or stream.state in (State.ENDING, State.RELEASING)
+            or take.layout is not None
+            or take.step is not None
+            or take.version != stream.committed_version
+            or bool(take.writes or take.meters)
+        )
 
     @staticmethod
     def _hand_over(

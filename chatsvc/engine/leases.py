@@ -1,7 +1,8 @@
 """Leases: any live process takes over answers whose owner is gone, with no coordinator.
 
 An owner holds each streaming answer under a lease (`lease_expires_at`, renewed
-by its checkpoints) and an `epoch` that fences its writes. A `Reaper` in every
+every lease/3 by its checkpointer) and an `epoch` that fences its writes (with
+the owner's advisory fence, see writes.CHECKPOINT). A `Reaper` in every
 process claims orphans — rows whose lease expired, that were released by a
 stopping process, or whose owner's database session is gone — with
 `FOR UPDATE SKIP LOCKED`, so two processes never claim the same row. Claiming
@@ -34,7 +35,7 @@ from psycopg_pool import ConnectionPool
 
 from chatsvc import metrics
 from chatsvc.config import Settings
-from chatsvc.engine import events
+from chatsvc.engine import events, writes
 from chatsvc.engine.answers import Answerer
 from chatsvc.engine.background import Background
 from chatsvc.engine.checkpoint import Checkpointer
@@ -96,6 +97,21 @@ WHERE status = 'streaming' AND owner IS NOT NULL AND owner <> %s AND lease_expir
 TRY_OWNER_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
 UNLOCK_OWNER = "SELECT pg_advisory_unlock(%s, %s)"
 
+# Before it claims, a takeover fences the owners of the orphans it may claim
+# (writes.FENCE): it waits for their checkpoints in flight, which write without
+# locking the row, and holds back their later ones until it has committed (they
+# then see the new epoch). Only the orphans of fenced owners are claimed; a
+# released orphan (owner NULL) has no owner left to write.
+FENCE_OWNERS = """
+SELECT o.owner, pg_advisory_xact_lock(%(class)s, hashtext(o.owner)) FROM (
+    SELECT DISTINCT owner FROM messages
+    WHERE status = 'streaming' AND owner IS NOT NULL
+      AND (lease_expires_at <= now() OR owner = ANY(%(dead)s))
+      AND id <> ALL(%(mine)s)
+    ORDER BY owner
+) o
+"""
+
 # Orphans: lease expired (or released on shutdown: owner NULL, lease = now), or
 # the owner's session is gone. SKIP LOCKED: a row another process is claiming,
 # or that its owner is checkpointing this instant, is simply not ours to take.
@@ -108,6 +124,7 @@ WITH orphans AS (
     WHERE status = 'streaming'
       AND (lease_expires_at <= now() OR owner IS NULL OR owner = ANY(%(dead)s))
       AND id <> ALL(%(mine)s)
+      AND (owner IS NULL OR owner = ANY(%(fenced)s))
     ORDER BY lease_expires_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -193,13 +210,16 @@ class Reaper(Background):
         """Claim up to `limit` orphans and resume or interrupt each; returns how many."""
         with self.pool.connection() as conn:
             dead = self._dead_owners(conn)
-            params = {
+            params: dict[str, Any] = {
                 "dead": dead,
                 "mine": list(self.checkpointer.streams),
                 "limit": limit,
                 "owner": self.owner,
                 "lease": self.settings.lease_s,
+                "class": writes.FENCE_CLASS,
             }
+            fenced = conn.execute(FENCE_OWNERS, params).fetchall()
+            params["fenced"] = [owner for owner, _ in fenced]
             claims = conn.cursor(row_factory=class_row(Claim)).execute(TAKE_OVER, params).fetchall()
             resumed = [c for c in claims if self._resumes(c)]
             events.send(

@@ -40,7 +40,7 @@ class Runtime:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.pool = db.make_pool(url, settings.pool_size)
         self.hub = hub.Hub(settings.subscriber_queue)
-        self.checkpointer = Checkpointer(url, settings, self.hub.publish)
+        self.checkpointer = Checkpointer(url, settings, self.hub.publish, self.owner)
         self.listener = Listener(
             url,
             self.hub,

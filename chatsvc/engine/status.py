@@ -83,7 +83,7 @@ SELECT cs.conversation_id, cs.is_streaming, cs.active_message_id,
 FROM conversation_status cs
 LEFT JOIN LATERAL (
     SELECT m.id, m.status, message_committed(m, 'text') AS content_length, m.epoch,
-           m.created_at, m.last_checkpoint_at,
+           m.created_at, message_checkpointed_at(m) AS last_checkpoint_at,
            m.lease_expires_at
     FROM message_branch((SELECT c.current_leaf_id FROM conversations c
                          WHERE c.id = cs.conversation_id)) b

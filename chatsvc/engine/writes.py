@@ -20,13 +20,24 @@ from chatsvc.engine import events
 from chatsvc.engine.parts import Entry
 from chatsvc.engine.stream import Meter, Stream, Take
 
-# One statement checkpoints every stream in the batch, and is its own
-# transaction: one round trip to commit any number of streams. A stream whose
-# epoch no longer matches, or that no longer streams (taken over, ended, or
-# fenced), is simply not returned, and nothing of it is written. The owner of
-# the epoch is the only writer, so the offsets it writes at are the committed
-# lengths (the row's length columns are not read: readers take them from the
-# chunks, see message_committed in migration 0006). It appends one
+# One statement checkpoints every stream in the batch, after FENCE in the same
+# transaction: one round trip (pipelined) to commit any number of streams. A
+# stream whose epoch no longer matches, or that no longer streams (taken over,
+# ended, or fenced), is simply not returned, and nothing of it is written. The
+# owner of the epoch is the only writer, so the offsets it writes at are the
+# committed lengths (readers take a streaming answer's lengths from its chunks:
+# message_committed in migration 0006).
+#
+# Only a stream marked `renew` has its row updated: its lease (renewed every
+# lease/3, not at every checkpoint), its lengths and checkpoint time, and its
+# layout, tool version and step when they changed. The others' rows are only
+# read: text alone writes nothing but its entry in the batch row. Reading
+# takes no row lock, so what stops a takeover from passing an in-flight
+# checkpoint is FENCE: each checkpoint takes its owner's fence shared, in a
+# statement of its own (so the checkpoint's snapshot is taken after it), and a
+# takeover takes the fence of each owner it claims from exclusively before it
+# claims (leases.FENCE_OWNERS): it waits for the owner's checkpoints in flight,
+# reads their text, and any later one waits for it, then sees the new epoch. It appends one
 # chunk_batches row holding every stream's new text and reasoning, each entry
 # at its committed offset (one row's overhead per transaction, not per
 # stream: see migration 0006); layout and step are
@@ -42,11 +53,11 @@ CHECKPOINT = """
 WITH b AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(epochs)s::int[], %(starts)s::int[], %(texts)s::text[],
                          %(rstarts)s::int[], %(reasonings)s::text[], %(layouts)s::text[],
-                         %(versions)s::int[], %(steps)s::int[],
+                         %(versions)s::int[], %(steps)s::int[], %(renews)s::bool[],
                          %(items)s::text[], %(payloads)s::int[]) WITH ORDINALITY
-        AS b(id, epoch, start_offset, content, rstart, reasoning, layout, version, step,
+        AS b(id, epoch, start_offset, content, rstart, reasoning, layout, version, step, renew,
              item, payload, n)
-), m AS (
+), renewed AS (
     UPDATE messages m
     SET content_length = b.start_offset + char_length(b.content),
         last_checkpoint_at = CASE WHEN b.content <> '' OR b.reasoning <> '' THEN now()
@@ -57,9 +68,16 @@ WITH b AS (
         step = coalesce(b.step, m.step),
         layout = coalesce(b.layout::jsonb, m.layout)
     FROM b
-    WHERE m.id = b.id AND m.epoch = b.epoch AND m.status = 'streaming'
+    WHERE b.renew AND m.id = b.id AND m.epoch = b.epoch AND m.status = 'streaming'
     RETURNING m.id, m.epoch, m.cancel_requested_at IS NOT NULL AS cancel,
               b.start_offset, b.content, b.rstart, b.reasoning, b.item, b.payload, b.n
+), m AS (
+    SELECT * FROM renewed
+    UNION ALL
+    SELECT m.id, m.epoch, m.cancel_requested_at IS NOT NULL,
+           b.start_offset, b.content, b.rstart, b.reasoning, b.item, b.payload, b.n
+    FROM b JOIN messages m ON m.id = b.id
+    WHERE NOT b.renew AND m.epoch = b.epoch AND m.status = 'streaming'
 ), e AS (
     SELECT n, 0 AS k, id, 'text' AS kind, start_offset, epoch, content FROM m WHERE content <> ''
     UNION ALL
@@ -87,12 +105,25 @@ class Checkpointed:
     cancels: list[UUID] = field(default_factory=list)
 
 
+# The first key of the fence's two-key advisory lock (the second: the owner's).
+FENCE_CLASS = 0x63737666  # 'csvf'
+FENCE = "SELECT pg_advisory_xact_lock_shared(%s, hashtext(%s))"
+
+
 def checkpoint(
-    conn: Connection[Any], streams: list[Stream], takes: dict[Stream, Take], lease_s: float
+    conn: Connection[Any],
+    streams: list[Stream],
+    takes: dict[Stream, Take],
+    lease_s: float,
+    *,
+    owner: str,
+    renew: set[Stream],
 ) -> Checkpointed:
-    """Append each stream's text and reasoning, renew its lease, NOTIFY what it committed."""
+    """Append each stream's text and reasoning, renew the leases of `renew` (and write their
+    rows), NOTIFY what it committed; in the caller's transaction, which this fences first."""
     if not streams:
         return Checkpointed()
+    conn.execute(FENCE, (FENCE_CLASS, owner))
     items = [events.joined(takes[s].events) for s in streams]
     params = {
         "ids": [s.message_id for s in streams],
@@ -104,6 +135,7 @@ def checkpoint(
         "layouts": [_json(takes[s].layout) for s in streams],
         "versions": [takes[s].version for s in streams],
         "steps": [takes[s].step for s in streams],
+        "renews": [s in renew for s in streams],
         "items": items,
         "payloads": events.pack(items),
         "lease": lease_s,

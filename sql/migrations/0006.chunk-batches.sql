@@ -19,9 +19,11 @@
 -- answer's batches_from (each process's reaper calls it on its timer).
 --
 -- A streaming answer's committed lengths are read from its chunks too
--- (message_committed), not from messages.content_length and reasoning_length:
--- every reader sees the length of exactly the text it reads, in one snapshot,
--- and the row's columns need not be written at every checkpoint.
+-- (message_committed), not from messages.content_length and reasoning_length,
+-- and so is the time of its last checkpoint (message_checkpointed_at): every
+-- reader sees the length of exactly the text it reads, in one snapshot, and a
+-- checkpoint of text alone does not write the row at all (the owner renews its
+-- lease every lease/3; see chatsvc/engine/writes.py for how writes are fenced).
 CREATE TABLE chunk_batches (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     message_ids uuid[] NOT NULL,
@@ -115,6 +117,18 @@ LANGUAGE sql STABLE AS $$
                             AND c.message_id = m.id AND c.kind = $2), 0) END
 $$;
 
+-- When a message's text was last committed: its last batch while it streams
+-- (a checkpoint of text alone does not write the row), the row's column once
+-- it ended.
+CREATE FUNCTION message_checkpointed_at(m messages) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN m.status <> 'streaming' THEN m.last_checkpoint_at
+           ELSE greatest(m.last_checkpoint_at,
+                         (SELECT max(b.written_at) FROM chunk_batches b
+                          WHERE b.id >= coalesce(m.batches_from, 0)
+                            AND m.id = ANY(b.message_ids))) END
+$$;
+
 CREATE OR REPLACE FUNCTION message_text(m messages) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN m.status = 'streaming' THEN
@@ -185,7 +199,7 @@ SELECT m.id                            AS message_id,
        m.owner,
        m.epoch,
        m.created_at                    AS started_at,
-       m.last_checkpoint_at,
+       message_checkpointed_at(m)      AS last_checkpoint_at,
        m.lease_expires_at,
        message_text(m)                 AS content,
        message_committed(m, 'text')    AS content_length,

@@ -10,7 +10,7 @@ from uuid import UUID
 import gevent.queue
 import psycopg
 
-from chatsvc.engine import events
+from chatsvc.engine import events, leases, writes
 from chatsvc.engine.checkpoint import Checkpointer
 from chatsvc.engine.stream import Ending, State, Stream
 from tests.support import TEST_SETTINGS
@@ -182,3 +182,67 @@ def test_parts_are_checkpointed_with_the_text_in_one_statement_and_notified_toge
     assert row[:3] == (11, 3, 1) and row[3] == ours.layout.entries
     assert [p["type"] for p in row[4]] == ["reasoning", "text", "tool"]
     assert (ours.committed, ours.committed_reasoning, ours.committed_version) == (11, 3, 1)
+
+
+def _blocked(db_url: str, pid: int) -> bool:
+    """Whether the backend waits for a lock (there is no event to await from outside)."""
+    with psycopg.connect(db_url, autocommit=True) as probe:
+        row = probe.execute(
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+        ).fetchone()
+    return row is not None and row[0] == "Lock"
+
+
+def _wait_blocked(db_url: str, pid: int) -> None:
+    with gevent.Timeout(10, AssertionError(f"backend {pid} never waited for the fence")):
+        while not _blocked(db_url, pid):
+            gevent.sleep(0.01)
+
+
+def test_a_takeover_waits_for_a_checkpoint_in_flight_and_fences_the_next(
+    conn: psycopg.Connection[Any], db_url: str
+) -> None:
+    # A checkpoint of text alone reads the answer's row without locking it; the owner's
+    # fence is what orders it against a takeover.
+    (stream,) = _streams(conn, 1)
+    conn.execute("UPDATE messages SET lease_expires_at = now() - interval '1 second'")
+
+    def write(owner_conn: psycopg.Connection[Any], text: str) -> writes.Checkpointed:
+        stream.add_text(text)
+        take = stream.take()
+        done = writes.checkpoint(owner_conn, [stream], {stream: take}, 30, owner="me", renew=set())
+        if stream in done.written:
+            stream.taken(take)
+        return done
+
+    def take_over(taker: psycopg.Connection[Any]) -> list[Any]:
+        params: dict[str, Any] = {
+            "dead": [],
+            "mine": [],
+            "limit": 5,
+            "owner": "taker",
+            "lease": 30,
+            "class": writes.FENCE_CLASS,
+        }
+        params["fenced"] = [o for o, _ in taker.execute(leases.FENCE_OWNERS, params).fetchall()]
+        return taker.execute(leases.TAKE_OVER, params).fetchall()
+
+    with psycopg.connect(db_url) as owner_conn, psycopg.connect(db_url) as taker:
+        assert stream in write(owner_conn, "first").written  # in flight: not committed
+        claiming = gevent.spawn(take_over, taker)
+        _wait_blocked(db_url, taker.info.backend_pid)
+        owner_conn.commit()
+        (claim,) = claiming.get(timeout=10)
+        assert claim[4] == 2 and claim[5] == len("first")  # epoch 2, resumed after "first"
+        # Claimed, not yet committed: the owner's next checkpoint waits for the takeover,
+        # then finds the new epoch and writes nothing.
+        writing = gevent.spawn(write, owner_conn, " second")
+        _wait_blocked(db_url, owner_conn.info.backend_pid)
+        taker.commit()
+        assert stream not in writing.get(timeout=10).written
+        owner_conn.commit()
+    rows = conn.execute(
+        "SELECT start_offset, epoch, content FROM message_chunks WHERE message_id = %s",
+        (stream.message_id,),
+    ).fetchall()
+    assert rows == [(0, 1, "first")]
