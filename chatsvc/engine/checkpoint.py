@@ -8,18 +8,20 @@ any and no commit is in flight, and otherwise in one transaction for everything
 that arrived meanwhile (group commit). The first text of an answer, and of each
 of its parts, is committed at once; later text is coalesced:
 `CHATSVC_CHECKPOINT_MIN_MS` holds a stream's next checkpoint until that long
-after its last one (fewer, larger chunk rows, fewer transactions, less WAL), and
+after its last one (fewer, larger chunks, fewer transactions, less WAL), and
 text that has waited half as long rides along with any commit (see `due`). A transaction
-appends the new text and reasoning of each stream as one chunk row of each kind,
-renews its lease, and notifies all of them in as few payloads as fit; the text
-becomes visible only after that commit. A stream whose answer records tool
+appends the new text and reasoning of all its streams as one chunk_batches row,
+renews the leases that are due (every lease/3: text alone leaves the row alone),
+and notifies all of them in as few payloads as fit; the text becomes visible
+only after that commit. A stream whose answer records tool
 calls or meters a model call gets a transaction of several statements instead
 (the checkpoint, then its ledger rows and llm_calls rows), which the answer's
 greenlet can wait for with `flush`. The statements are in engine/writes.py.
 
-Every write is conditional on the stream's epoch and committed length, so a
-process that lost its lease cannot write another byte: its statements match no
-row, and its answer greenlet is stopped.
+Every write is conditional on the stream's epoch, and fenced by the owner's
+advisory fence (see writes.CHECKPOINT), so a process that lost its lease cannot
+write another byte: its statements match no row, and its answer greenlet is
+stopped.
 """
 
 from __future__ import annotations

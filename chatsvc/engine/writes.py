@@ -1,10 +1,9 @@
 """The fenced writes of a streaming answer: checkpoint, finish, release, and reading back.
 
 Each statement is a named constant next to the one function that runs it. None
-commits: the checkpointer owns the transaction (the checkpoint statement alone
-is its own). Every write is conditional on the stream's epoch (and committed
-length), so a stream another process took over matches no row and is left out
-of what a function returns.
+commits: the checkpointer owns the transaction. Every write is conditional on
+the stream's epoch (a checkpoint also on the owner's fence), so a stream another
+process took over matches no row and is left out of what a function returns.
 """
 
 from __future__ import annotations
