@@ -260,3 +260,35 @@ def test_existing_conversations_become_one_branch(empty_db: str) -> None:
                 "SELECT id FROM conversation_branch(%s)", (conversation,)
             ).fetchall()
             assert [row[0] for row in branch] == ids
+
+
+def test_answers_streaming_across_the_upgrade_keep_their_chunks(empty_db: str) -> None:
+    assert migrations.upgrade(empty_db, until="0005.chat-keys")[-1] == "0005.chat-keys"
+    with psycopg.connect(empty_db) as conn:
+        _, conversation = _conversation(conn)
+        answer = conn.execute(
+            "INSERT INTO messages (conversation_id, role, status, content_length, "
+            "reasoning_length) VALUES (%s, 'assistant', 'streaming', 9, 2) RETURNING id",
+            (conversation,),
+        ).fetchone()[0]  # type: ignore[index]
+        for kind, start, text in (
+            ("text", 0, "Hello "),
+            ("text", 6, "wör"),
+            ("reasoning", 0, "hm"),
+        ):
+            conn.execute(
+                "INSERT INTO message_chunks (message_id, kind, start_offset, epoch, content) "
+                "VALUES (%s, %s, %s, 1, %s)",
+                (answer, kind, start, text),
+            )
+    assert migrations.upgrade(empty_db) == ["0006.chunk-batches"]
+    with psycopg.connect(empty_db) as conn:
+        row = conn.execute(
+            "SELECT message_text(m), message_committed(m, 'text'), "
+            "message_committed(m, 'reasoning'), m.batches_from FROM messages m WHERE id = %s",
+            (answer,),
+        ).fetchone()
+        assert row == ("Hello wör", 9, 2, None)  # NULL: its chunks are read from the start
+        assert conn.execute("SELECT count(*) FROM chunk_batches").fetchone() == (3,)
+        # It streams: the sweep keeps its batches.
+        assert conn.execute("SELECT chatsvc_sweep_chunks()").fetchone() == (0,)
