@@ -155,7 +155,7 @@ class Instance:
         self.active: list[Answer] = []
         self.window = (math.inf, math.inf)  # monotonic
         self.stopping = gevent.event.Event()
-        self.checkpointer = Checkpointer(url, self.settings, self.publish)
+        self.checkpointer = Checkpointer(url, self.settings, self.publish, self.owner)
         self.pool = ConnectionPool(
             url, min_size=2, max_size=4, kwargs={"autocommit": True}, open=True, timeout=30
         )
