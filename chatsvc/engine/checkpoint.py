@@ -339,7 +339,16 @@ class Checkpointer(Background):
             # A call still running when its answer ends will never have its outcome.
             ledger.abandon(conn, stream.message_id, stream.epoch, ledger.ENDED_RUNNING)
             # FINISH checks the length the checkpoint just wrote.
-            finish = writes.finish(conn, stream, stream.committed + len(takes[stream].text))
+            take = takes[stream]
+            finish = writes.finish(
+                conn,
+                stream,
+                stream.committed + len(take.text),
+                None
+                if stream.committed_text is None
+                else "".join(stream.committed_text) + take.text,
+                stream.committed_reasoning + len(take.reasoning),
+            )
             if finish is not None:
                 finished.add(stream)
                 announced += finish

@@ -142,8 +142,14 @@ class Stream:
     # takeover), and, until its first text is committed, when it was sent.
     began_at: float = field(default_factory=time.monotonic)
     sent_at: float | None = None
+    # The committed text, when this process wrote all of it (None when it took the
+    # answer over, or continued it, with text already there): FINISH then writes it
+    # without reading it back from the chunks.
+    committed_text: list[str] | None = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.committed:
+            self.committed_text = None
         if self.layout.entries is None and not self.layout.content_length:
             self.layout.content_length = self.committed
             self.layout.reasoning_length = self.committed_reasoning
@@ -276,6 +282,8 @@ class Stream:
         del self.meters[: len(take.meters)]
         del self.waiters[: len(take.waiters)]
         self.committed += len(take.text)
+        if self.committed_text is not None and take.text:
+            self.committed_text.append(take.text)
         self.committed_reasoning += len(take.reasoning)
         self.committed_version = take.version
         if take.layout is not None:

@@ -182,8 +182,13 @@ def meter(conn: Connection[Any], stream: Stream, meters: list[Meter]) -> None:
 
 
 # Content (its text chunks: never reasoning), parts, status, usage and error of a
-# finished answer in one statement. Its chunks stay in their batches, shared
-# with other answers, until the reaper's sweep deletes them. The checkpointer commits
+# finished answer in one statement. The owner passes the text when it wrote all
+# of it (an answer it did not take over or continue), and then the chunks are not
+# read at all: reading an answer's chunks scans every batch written while it
+# streamed, which at a thousand answers cost more Postgres CPU than everything
+# else. A plain answer's parts are that text; otherwise they, and a taken-over
+# answer's text, are assembled from the chunks. Its chunks stay in their batches,
+# shared with other answers, until the reaper's sweep deletes them. The checkpointer commits
 # the answer's pending text, and the llm_calls rows of its model calls, before
 # it in the same transaction, so the chunks hold all of the text and `usage` is
 # the sum over every call.
@@ -191,11 +196,16 @@ FINISH = """
 WITH m AS (
     UPDATE messages m
     SET status = %(status)s,
-        content = coalesce((SELECT string_agg(c.content, '' ORDER BY c.start_offset)
+        content = coalesce(%(content)s::text,
+                           (SELECT string_agg(c.content, '' ORDER BY c.start_offset)
                             FROM message_chunks c
                             WHERE c.batch_id >= coalesce(m.batches_from, 0)
                               AND c.message_id = m.id AND c.kind = 'text'), ''),
-        parts = message_parts(m),
+        parts = CASE WHEN %(content)s::text IS NULL OR m.layout IS NOT NULL
+                          OR %(reasoning)s > 0 THEN message_parts(m)
+                     WHEN %(content)s::text = '' THEN '[]'::jsonb
+                     ELSE jsonb_build_array(jsonb_build_object('type', 'text',
+                                                               'text', %(content)s::text)) END,
         usage = jsonb_build_object(
             'prompt_tokens', coalesce(
                 (SELECT sum(l.prompt_tokens) FROM llm_calls l WHERE l.message_id = m.id), 0),
@@ -209,17 +219,20 @@ WITH m AS (
         owner = NULL,
         lease_expires_at = NULL,
         content_length = %(length)s,
-        reasoning_length = message_committed(m, 'reasoning')
+        reasoning_length = %(reasoning)s
     WHERE m.id = %(id)s AND m.epoch = %(epoch)s AND m.status = 'streaming'
-      AND message_committed(m, 'text') = %(length)s
+      AND (%(content)s::text IS NOT NULL OR message_committed(m, 'text') = %(length)s)
     RETURNING m.id, m.usage, m.conversation_id
 )
 SELECT m.usage, c.project_id, c.user_id FROM m JOIN conversations c ON c.id = m.conversation_id
 """
 
 
-def finish(conn: Connection[Any], stream: Stream, length: int) -> list[events.Event] | None:
-    """Commit the Ending of a stream whose text is committed up to `length`; its events, or None."""
+def finish(
+    conn: Connection[Any], stream: Stream, length: int, content: str | None, reasoning: int
+) -> list[events.Event] | None:
+    """Commit the Ending of a stream whose text is committed up to `length` (`content`, when
+    this process wrote all of it) and its reasoning up to `reasoning`; its events, or None."""
     ending = stream.ending
     assert ending is not None
     row = conn.execute(
@@ -228,6 +241,8 @@ def finish(conn: Connection[Any], stream: Stream, length: int) -> list[events.Ev
             "id": stream.message_id,
             "epoch": stream.epoch,
             "length": length,
+            "content": content,
+            "reasoning": reasoning,
             "status": ending.status,
             "error": ending.error,
         },
