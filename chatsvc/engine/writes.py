@@ -185,10 +185,11 @@ def meter(conn: Connection[Any], stream: Stream, meters: list[Meter]) -> None:
 # finished answer in one statement. The owner passes the text when it wrote all
 # of it (an answer it did not take over or continue), and then the chunks are not
 # read at all: reading an answer's chunks scans every batch written while it
-# streamed, which at a thousand answers cost more Postgres CPU than everything
-# else. A plain answer's parts are that text; otherwise they, and a taken-over
-# answer's text, are assembled from the chunks. Its chunks stay in their batches,
-# shared with other answers, until the reaper's sweep deletes them. The checkpointer commits
+# streamed, which with hundreds of answers streaming cost more Postgres CPU than
+# everything else. A plain answer's parts are that text; otherwise they, and a
+# taken-over answer's text, are assembled from the chunks. Its chunks stay in
+# their batches, shared with other answers, until the reaper's sweep deletes
+# them. The checkpointer commits
 # the answer's pending text, and the llm_calls rows of its model calls, before
 # it in the same transaction, so the chunks hold all of the text and `usage` is
 # the sum over every call.
