@@ -251,7 +251,7 @@ class Checkpointer(Background):
         started = time.monotonic()
         ending = [s for s in batch if s.state is State.ENDING]
         # An ending stream's last text goes through the checkpoint statement too,
-        # so that FINISH assembles content and parts from chunks alone.
+        # so that the chunks hold all of it when FINISH has to read them back.
         streams = sorted(batch, key=lambda s: s.message_id)
         takes = {s: s.take() for s in streams}
         renew = {s for s in streams if self._renews(s, takes[s], started)}
@@ -338,7 +338,8 @@ class Checkpointer(Background):
         for stream in ending:
             # A call still running when its answer ends will never have its outcome.
             ledger.abandon(conn, stream.message_id, stream.epoch, ledger.ENDED_RUNNING)
-            # FINISH checks the length the checkpoint just wrote.
+            # FINISH gets the text this process wrote, or (a taken-over or continued
+            # answer) checks that the chunks end where the checkpoint just wrote.
             take = takes[stream]
             finish = writes.finish(
                 conn,

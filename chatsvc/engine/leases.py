@@ -102,28 +102,30 @@ UNLOCK_OWNER = "SELECT pg_advisory_unlock(%s, %s)"
 # locking the row, and holds back their later ones until it has committed (they
 # then see the new epoch). Only the orphans of fenced owners are claimed; a
 # released orphan (owner NULL) has no owner left to write.
-FENCE_OWNERS = """
+# Orphans: lease expired (or released on shutdown: owner NULL, lease = now), or
+# the owner's session is gone; never one of this process's own streams.
+_ORPHAN = """status = 'streaming'
+      AND (lease_expires_at <= now() OR owner IS NULL OR owner = ANY(%(dead)s))
+      AND id <> ALL(%(mine)s)"""
+
+FENCE_OWNERS = f"""
 SELECT o.owner, pg_advisory_xact_lock(%(class)s, hashtext(o.owner)) FROM (
     SELECT DISTINCT owner FROM messages
-    WHERE status = 'streaming' AND owner IS NOT NULL
-      AND (lease_expires_at <= now() OR owner = ANY(%(dead)s))
-      AND id <> ALL(%(mine)s)
+    WHERE {_ORPHAN} AND owner IS NOT NULL
     ORDER BY owner
 ) o
 """
 
-# Orphans: lease expired (or released on shutdown: owner NULL, lease = now), or
-# the owner's session is gone. SKIP LOCKED: a row another process is claiming,
-# or that its owner is checkpointing this instant, is simply not ours to take.
-# The model call the ended epoch was making is recorded here, estimated: the
-# call of step `m.step`, unless a row says that call already ended (the owner
-# metered it, and died while its tools ran) or that epoch's row is there.
-TAKE_OVER = """
+# The orphans of fenced owners (or of none). SKIP LOCKED: a row another process
+# is claiming, or whose row its owner is writing this instant, is simply not
+# ours to take. The model call the ended epoch was making is recorded here,
+# estimated: the call of step `m.step`, unless a row says that call already
+# ended (the owner metered it, and died while its tools ran) or that epoch's
+# row is there.
+TAKE_OVER = f"""
 WITH orphans AS (
     SELECT id FROM messages
-    WHERE status = 'streaming'
-      AND (lease_expires_at <= now() OR owner IS NULL OR owner = ANY(%(dead)s))
-      AND id <> ALL(%(mine)s)
+    WHERE {_ORPHAN}
       AND (owner IS NULL OR owner = ANY(%(fenced)s))
     ORDER BY lease_expires_at
     LIMIT %(limit)s

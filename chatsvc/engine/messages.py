@@ -384,8 +384,7 @@ def current_branch(conn: Connection[Any], conversation_id: UUID) -> list[Message
 # offset are read; the parts are read only for an answer that has more than text.
 SELECT_PARTS_FROM = """
 SELECT m.id AS message_id, m.conversation_id, m.status, m.epoch,
-       message_committed(m, 'text') AS content_length,
-       message_committed(m, 'reasoning') AS reasoning_length, m.tool_version, m.layout,
+       n.content_length, n.reasoning_length, m.tool_version, m.layout,
        CASE WHEN m.status = 'streaming' THEN coalesce((
            SELECT substr(string_agg(c.content, '' ORDER BY c.start_offset),
                          %(content)s - min(c.start_offset) + 1)
@@ -394,7 +393,7 @@ SELECT m.id AS message_id, m.conversation_id, m.status, m.epoch,
              AND c.message_id = m.id AND c.kind = 'text'
              AND c.start_offset + char_length(c.content) > %(content)s), '')
        ELSE substr(m.content, %(content)s + 1) END AS text,
-       CASE WHEN message_committed(m, 'reasoning') <= %(reasoning)s THEN ''
+       CASE WHEN n.reasoning_length <= %(reasoning)s THEN ''
             WHEN m.status = 'streaming' THEN coalesce((
            SELECT substr(string_agg(c.content, '' ORDER BY c.start_offset),
                          %(reasoning)s - min(c.start_offset) + 1)
@@ -406,11 +405,14 @@ SELECT m.id AS message_id, m.conversation_id, m.status, m.epoch,
            SELECT string_agg(p ->> 'text', '' ORDER BY k)
            FROM jsonb_array_elements(m.parts) WITH ORDINALITY AS e(p, k)
            WHERE p ->> 'type' = 'reasoning'), %(reasoning)s + 1), '') END AS reasoning,
-       CASE WHEN m.layout IS NOT NULL OR m.tool_version > 0
-                 OR message_committed(m, 'reasoning') > 0
+       CASE WHEN m.layout IS NOT NULL OR n.reasoning_length > 0 OR m.tool_version > 0
             THEN message_parts(m) END AS parts,
        m.usage, m.error
-FROM messages m WHERE m.id = %(id)s
+FROM messages m,
+     -- Each length read once (OFFSET 0 keeps the planner from copying the calls).
+     LATERAL (SELECT message_committed(m, 'text') AS content_length,
+                     message_committed(m, 'reasoning') AS reasoning_length OFFSET 0) n
+WHERE m.id = %(id)s
 """
 
 

@@ -25,23 +25,22 @@ from chatsvc.engine.stream import Meter, Stream, Take
 # ended, or fenced), is simply not returned, and nothing of it is written. The
 # owner of the epoch is the only writer, so the offsets it writes at are the
 # committed lengths (readers take a streaming answer's lengths from its chunks:
-# message_committed in migration 0006).
+# message_committed in migration 0006). It appends one chunk_batches row
+# holding every stream's new text and reasoning, each entry at its committed
+# offset (one row's overhead per transaction, not per stream: see migration
+# 0006).
 #
 # Only a stream marked `renew` has its row updated: its lease (renewed every
 # lease/3, not at every checkpoint), its lengths and checkpoint time, and its
-# layout, tool version and step when they changed. The others' rows are only
-# read: text alone writes nothing but its entry in the batch row. Reading
-# takes no row lock, so what stops a takeover from passing an in-flight
-# checkpoint is FENCE: each checkpoint takes its owner's fence shared, in a
-# statement of its own (so the checkpoint's snapshot is taken after it), and a
-# takeover takes the fence of each owner it claims from exclusively before it
-# claims (leases.FENCE_OWNERS): it waits for the owner's checkpoints in flight,
-# reads their text, and any later one waits for it, then sees the new epoch. It appends one
-# chunk_batches row holding every stream's new text and reasoning, each entry
-# at its committed offset (one row's overhead per transaction, not per
-# stream: see migration 0006); layout and step are
-# written only when they changed (NULL leaves them), so a plain answer's row
-# changes only in the columns it always did, and its WAL stays as small.
+# layout, tool version and step when they changed (NULL leaves layout and
+# step). The others' rows are only read: text alone writes nothing but its
+# entry in the batch row. Reading takes no row lock, so what stops a takeover
+# from passing an in-flight checkpoint is FENCE: each checkpoint takes its
+# owner's fence shared, in a statement of its own (so the checkpoint's snapshot
+# is taken after it), and a takeover takes the fence of each owner it claims
+# from exclusively before it claims (leases.FENCE_OWNERS): it waits for the
+# owner's checkpoints in flight, reads their text, and any later one waits for
+# it, then sees the new epoch.
 #
 # It also NOTIFYs what it committed: each stream comes with its item (the items
 # of its events, joined) and payload number, made by events.joined and
@@ -197,11 +196,7 @@ FINISH = """
 WITH m AS (
     UPDATE messages m
     SET status = %(status)s,
-        content = coalesce(%(content)s::text,
-                           (SELECT string_agg(c.content, '' ORDER BY c.start_offset)
-                            FROM message_chunks c
-                            WHERE c.batch_id >= coalesce(m.batches_from, 0)
-                              AND c.message_id = m.id AND c.kind = 'text'), ''),
+        content = coalesce(%(content)s::text, message_text(m)),
         parts = CASE WHEN %(content)s::text IS NULL OR m.layout IS NOT NULL
                           OR %(reasoning)s > 0 THEN message_parts(m)
                      WHEN %(content)s::text = '' THEN '[]'::jsonb
