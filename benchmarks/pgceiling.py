@@ -208,11 +208,11 @@ class Instance:
             conversation = row[0]
             tree.lock(conn, conversation)
             new = messages.NewAnswer(user, model, self.owner, self.settings.lease_s)
-            exchange = messages.insert_exchange(
+            inserted = messages.insert_exchange(
                 conn, conversation, None, content="a question", client_message_id=None, answer=new
             )
-            assert exchange is not None
-            message = exchange.assistant_message.id
+            assert inserted is not None
+            question, message = inserted
             tree.show(conn, conversation, message)
             started = events.room_event(
                 None,
@@ -223,7 +223,7 @@ class Instance:
                 user_id=user,
             )
             created = [
-                events.MessageCreated(conversation, exchange.user_message.id),
+                events.MessageCreated(conversation, question),
                 events.MessageCreated(conversation, message),
             ]
             events.send(conn, [*created, started])

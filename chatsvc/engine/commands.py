@@ -75,19 +75,18 @@ def send(
         if earlier is not None:
             return earlier
         _within_budget(rt, conn, user)
-        with conn.transaction():
-            leaf = tree.lock(conn, conversation_id)
-            sent = _exchange(
-                rt,
-                conn,
-                conversation,
-                user,
-                leaf,
-                content=content,
-                client_message_id=client_message_id,
-                model=model,
-                moved=False,
-            )
+        leaf = tree.lock(conn, conversation_id)
+        sent = _exchange(
+            rt,
+            conn,
+            conversation,
+            user,
+            leaf,
+            content=content,
+            client_message_id=client_message_id,
+            model=model,
+            moved=False,
+        )
     return _started(rt, sent)
 
 
@@ -243,19 +242,18 @@ def _branch_off(  # noqa: PLR0917 - the parts of a new version, in the order the
 ) -> Sent:
     """A new version after `parent_id` (a question and its answer, or an answer alone when
     `content` is None), holding the conversation row; its branch becomes current."""
-    with conn.transaction():
-        tree.lock(conn, conversation.id)
-        return _exchange(
-            rt,
-            conn,
-            conversation,
-            user,
-            parent_id,
-            content=content,
-            client_message_id=client_message_id,
-            model=model,
-            moved=True,
-        )
+    tree.lock(conn, conversation.id)
+    return _exchange(
+        rt,
+        conn,
+        conversation,
+        user,
+        parent_id,
+        content=content,
+        client_message_id=client_message_id,
+        model=model,
+        moved=True,
+    )
 
 
 def _accepting(rt: Runtime) -> None:
@@ -297,7 +295,7 @@ def _exchange(
     `parent_id`, make the answer's branch current, and announce it; the caller holds the
     conversation row. `moved`: the current branch changes other than by growing."""
     new_answer = NewAnswer(user.id, model or rt.settings.model, rt.owner, rt.settings.lease_s)
-    exchange = message_rows.insert_exchange(
+    inserted = message_rows.insert_exchange(
         conn,
         conversation.id,
         parent_id,
@@ -305,25 +303,27 @@ def _exchange(
         client_message_id=client_message_id,
         answer=new_answer,
     )
-    if exchange is None:  # a concurrent request with the same client_message_id won
+    if inserted is None:  # a concurrent request with the same client_message_id won
         earlier = _earlier(conn, conversation.id, client_message_id)
         assert earlier is not None
         return earlier
-    answer = exchange.assistant_message
-    tree.show(conn, conversation.id, answer.id)
+    question_id, answer_id = inserted
     outbox: list[events.Event] = []
     if content is not None:
-        outbox.append(events.MessageCreated(conversation.id, exchange.user_message.id))
-    outbox.append(events.MessageCreated(conversation.id, answer.id))
+        outbox.append(events.MessageCreated(conversation.id, question_id))
+    outbox.append(events.MessageCreated(conversation.id, answer_id))
     if moved:
-        outbox.append(events.BranchChanged(conversation.id, answer.id))
+        outbox.append(events.BranchChanged(conversation.id, answer_id))
     if content is not None:
         outbox += _titled(conn, conversation, content)
-    outbox += _stream_started(conversation, user, answer.id)
+    outbox += _stream_started(conversation, user, answer_id)
+    tree.show(conn, conversation.id, answer_id)
     events.send(conn, outbox)
-    # The prompt, read here rather than by the answer: one transaction less before the
-    # model call.
-    return Sent(exchange, created=True, branch=history.said_before(conn, answer.id))
+    # The prompt is read here rather than by the answer (no round trip before its model
+    # call), and both reads know that the new rows have nothing checkpointed yet.
+    branch = history.said_before_new(conn, question_id, answer_id)
+    exchange = Exchange(*message_rows.read_new(conn, [question_id, answer_id]))
+    return Sent(exchange, created=True, branch=branch)
 
 
 def _stream_started(conversation: Conversation, user: User, message_id: UUID) -> list[events.Event]:

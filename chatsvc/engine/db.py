@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+import weakref
 from typing import Any
 
 import psycopg
@@ -30,6 +32,22 @@ def connect(
     )
 
 
+# A pooled connection is checked (one round trip) before it is lent only when it
+# has not been lent for this long: a busy pool's connections were in use a moment
+# ago, and a connection that broke since (Postgres restarted) fails its request and
+# is dropped when it comes back.
+CHECK_AFTER_IDLE_S = 2.0
+_lent_at: weakref.WeakKeyDictionary[Connection[Any], float] = weakref.WeakKeyDictionary()
+
+
+def _check_if_idle(conn: Connection[Any]) -> None:
+    now = time.monotonic()
+    last = _lent_at.get(conn)
+    _lent_at[conn] = now
+    if last is None or now - last >= CHECK_AFTER_IDLE_S:
+        ConnectionPool.check_connection(conn)
+
+
 def make_pool(url: str, size: int, *, name: str = "chatsvc") -> ConnectionPool:
     """A pool for short request transactions; SSE streams never hold a connection while idle."""
     kwargs: dict[str, Any] = {
@@ -44,7 +62,7 @@ def make_pool(url: str, size: int, *, name: str = "chatsvc") -> ConnectionPool:
         kwargs=kwargs,
         name=name,
         timeout=10,
-        check=ConnectionPool.check_connection,
+        check=_check_if_idle,
         open=False,
     )
     pool.open(wait=False)

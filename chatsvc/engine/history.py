@@ -30,15 +30,21 @@ class Said:
 # committed: never a message of another branch.
 # A finished message's text and parts are its columns (only the answer being
 # written is assembled), and only answers with tool parts read the ledger: a long
-# branch stays cheap to turn into a prompt.
+# branch stays cheap to turn into a prompt. Each message is looked up by its key
+# (OFFSET 0 keeps the subquery apart): joined to the walk, whose length the planner
+# guesses at a hundred, a table of some thousand messages gets hashed whole.
 SELECT_SAID = """
-SELECT m.id, m.role,
-       CASE WHEN m.status = 'streaming' THEN message_text(m) ELSE m.content END AS content,
-       CASE WHEN m.status = 'streaming' THEN message_parts(m) ELSE m.parts END AS parts,
-       CASE WHEN m.tool_version > 0 THEN
-           (SELECT jsonb_object_agg(t.tool_call_id, t.step) FROM tool_calls t
-            WHERE t.message_id = m.id) END AS steps
-FROM message_branch(%(answer)s) b JOIN messages m ON m.id = b.id
+SELECT x.* FROM message_branch(%(leaf)s) b
+CROSS JOIN LATERAL (
+    SELECT m.id, m.role,
+           CASE WHEN m.status = 'streaming' THEN message_text(m) ELSE m.content END AS content,
+           CASE WHEN m.status = 'streaming' THEN message_parts(m) ELSE m.parts END AS parts,
+           CASE WHEN m.tool_version > 0 THEN
+               (SELECT jsonb_object_agg(t.tool_call_id, t.step) FROM tool_calls t
+                WHERE t.message_id = m.id) END AS steps
+    FROM messages m WHERE m.id = b.id
+    OFFSET 0
+) x
 ORDER BY b.depth DESC
 """
 
@@ -47,11 +53,20 @@ ORDER BY b.depth DESC
 Branch = tuple[list[Said], Said | None]
 
 
+def said_before_new(conn: Connection[Any], question_id: UUID, answer_id: UUID) -> Branch:
+    """The branch of an answer this transaction just inserted after `question_id`: the
+    question's branch (every message of it finished), and the answer with nothing
+    committed (reading it would assemble its parts from the chunks, for nothing)."""
+    cur = conn.cursor(row_factory=class_row(Said))
+    before = cur.execute(SELECT_SAID, {"leaf": question_id}).fetchall()
+    return before, Said(answer_id, "assistant", "", [], None)
+
+
 def said_before(conn: Connection[Any], answer_id: UUID) -> Branch:
     """The messages of an answer's branch before it, and the answer as committed (None if
     it is gone)."""
     cur = conn.cursor(row_factory=class_row(Said))
-    rows = cur.execute(SELECT_SAID, {"answer": answer_id}).fetchall()
+    rows = cur.execute(SELECT_SAID, {"leaf": answer_id}).fetchall()
     if rows and rows[-1].id == answer_id:
         return rows[:-1], rows[-1]
     return rows, None

@@ -146,7 +146,8 @@ WITH orphans AS (
                            completion_tokens, estimated)
     SELECT c.id, c.user_id, c.epoch - 1, c.step, coalesce(c.model, ''),
            ((SELECT coalesce(sum(char_length(p.content)), 0)
-             FROM message_branch(c.id) b JOIN messages p ON p.id = b.id
+             FROM message_branch(c.id) b  -- each by its key: see messages._BRANCH
+             CROSS JOIN LATERAL (SELECT p.content FROM messages p WHERE p.id = b.id OFFSET 0) p
              WHERE b.depth > 0) / 4)::int,
            ((SELECT coalesce(sum(char_length(k.content)), 0) FROM message_chunks k
              WHERE k.batch_id >= coalesce(c.batches_from, 0)

@@ -175,37 +175,64 @@ class PartsFrom:
         return self.layout is not None or self.reasoning_length > 0 or self.tool_version > 0
 
 
+_COLUMNS = """m.id, m.conversation_id, m.role, m.status, {content} AS content,
+    {content_length} AS content_length, m.epoch, m.model, m.usage, m.error,
+    m.created_at, m.completed_at, m.client_message_id, m.reply_to, m.parent_id,
+    m.user_id, {reasoning_length} AS reasoning_length, m.tool_version, {parts} AS parts"""
+_SIBLINGS = ", message_sibling_ids(m) AS sibling_ids"
 # A finished message's text and parts are its columns; only a streaming one's are
 # assembled (message_text, message_parts), which keeps a long branch cheap to read.
-_COLUMNS = """m.id, m.conversation_id, m.role, m.status,
-    CASE WHEN m.status = 'streaming' THEN message_text(m) ELSE m.content END AS content,
-    message_committed(m, 'text') AS content_length, m.epoch, m.model, m.usage, m.error,
-    m.created_at, m.completed_at, m.client_message_id, m.reply_to, m.parent_id,
-    {siblings} AS sibling_ids, m.user_id,
-    message_committed(m, 'reasoning') AS reasoning_length, m.tool_version,
-    CASE WHEN m.status = 'streaming' THEN message_parts(m)
-         WHEN m.role = 'assistant' THEN coalesce(m.parts, '[]'::jsonb) END AS parts"""
-COLUMNS = _COLUMNS.format(siblings="message_sibling_ids(m)")
-
-# Inserts return the id alone: a statement does not see its own rows, so a
-# message's `sibling_ids` (itself included) is read by the next statement.
-INSERT_USER_MESSAGE = """
-INSERT INTO messages (conversation_id, user_id, parent_id, role, status, content, content_length,
-                      client_message_id, completed_at)
-VALUES (%s, %s, %s, 'user', 'completed', %s, %s, %s, clock_timestamp())
-RETURNING id
-"""
+_AS_COMMITTED = {
+    "content": "CASE WHEN m.status = 'streaming' THEN message_text(m) ELSE m.content END",
+    "content_length": "message_committed(m, 'text')",
+    "reasoning_length": "message_committed(m, 'reasoning')",
+    "parts": """CASE WHEN m.status = 'streaming' THEN message_parts(m)
+         WHEN m.role = 'assistant' THEN coalesce(m.parts, '[]'::jsonb) END""",
+}
+COLUMNS = _COLUMNS.format(**_AS_COMMITTED) + _SIBLINGS
+# Messages the reader's own transaction just inserted: nothing can have been
+# checkpointed for them, so their columns are the whole truth (and reading them
+# assembles nothing).
+_NEW_COLUMNS = (
+    _COLUMNS.format(
+        content="m.content",
+        content_length="m.content_length",
+        reasoning_length="m.reasoning_length",
+        parts="CASE WHEN m.role = 'assistant' THEN '[]'::jsonb END",
+    )
+    + _SIBLINGS
+)
 
 # An answer's epoch when it is created; a higher one means it was taken over
 # or continued since.
 FIRST_EPOCH = 1
 
-INSERT_ANSWER = f"""
+# The question (unless %(content)s is NULL: a regeneration answers %(parent)s) and
+# its answer, in one statement: one round trip, and no savepoint, since a reused
+# client_message_id inserts nothing rather than failing. The question's row is
+# produced before the answer's, so it takes the lower seq. A statement does not see
+# its own rows, so the messages (their sibling_ids) are read by the next one.
+INSERT_EXCHANGE = f"""
+WITH question AS (
+    INSERT INTO messages (conversation_id, user_id, parent_id, role, status, content,
+                          content_length, client_message_id, completed_at)
+    SELECT %(conversation)s, %(user)s, %(parent)s::uuid, 'user', 'completed',
+           %(content)s::text, length(%(content)s::text), %(client)s::text, clock_timestamp()
+    WHERE %(content)s::text IS NOT NULL
+    ON CONFLICT (conversation_id, client_message_id) WHERE client_message_id IS NOT NULL
+    DO NOTHING
+    RETURNING id
+), asked AS (
+    SELECT id FROM question
+    UNION ALL
+    SELECT %(parent)s::uuid WHERE %(content)s::text IS NULL
+)
 INSERT INTO messages (conversation_id, user_id, parent_id, role, status, reply_to, model, epoch,
                       owner, lease_expires_at, last_checkpoint_at)
-VALUES (%s, %s, %s, 'assistant', 'streaming', %s, %s, {FIRST_EPOCH}, %s,
-        now() + %s * interval '1 second', now())
-RETURNING id
+SELECT %(conversation)s, %(user)s, asked.id, 'assistant', 'streaming', asked.id, %(model)s,
+       {FIRST_EPOCH}, %(owner)s, now() + %(lease_s)s * interval '1 second', now()
+FROM asked
+RETURNING parent_id, id
 """
 
 
@@ -227,53 +254,33 @@ def insert_exchange(
     content: str | None,
     client_message_id: str | None,
     answer: NewAnswer,
-) -> Exchange | None:
+) -> tuple[UUID, UUID] | None:
     """Insert a user message after `parent_id` and its streaming answer; or, with `content`
-    None, an answer alone after the user message `parent_id` (a regeneration).
+    None, an answer alone after the user message `parent_id` (a regeneration). Returns
+    the ids of the question and the answer.
 
     Returns None when `client_message_id` was already used in this conversation;
     raises StreamActive when another answer is streaming. Both are decided by the
     database's unique indexes, so concurrent requests cannot both win. The caller
     holds the conversation row (tree.lock) and moves its current branch.
     """
+    params = {
+        "conversation": conversation_id,
+        "user": answer.user_id,
+        "parent": parent_id,
+        "content": content,
+        "client": client_message_id,
+        "model": answer.model,
+        "owner": answer.owner,
+        "lease_s": answer.lease_s,
+    }
     try:
-        with conn.transaction():
-            question = parent_id
-            if content is not None:
-                row = conn.execute(
-                    INSERT_USER_MESSAGE,
-                    (
-                        conversation_id,
-                        answer.user_id,
-                        parent_id,
-                        content,
-                        len(content),
-                        client_message_id,
-                    ),
-                ).fetchone()
-                assert row is not None
-                question = row[0]
-            row = conn.execute(
-                INSERT_ANSWER,
-                (
-                    conversation_id,
-                    answer.user_id,
-                    question,
-                    question,
-                    answer.model,
-                    answer.owner,
-                    answer.lease_s,
-                ),
-            ).fetchone()
-            assert row is not None and question is not None
+        row = conn.execute(INSERT_EXCHANGE, params).fetchone()
     except psycopg.errors.UniqueViolation as exc:
-        if unique_violation_of(exc, "messages_client_message_id"):
-            return None
         if unique_violation_of(exc, "messages_one_streaming_per_conversation"):
             raise StreamActive() from exc
         raise
-    user_message, assistant_message = read(conn, [question, row[0]])
-    return Exchange(user_message, assistant_message)
+    return None if row is None else (row[0], row[1])
 
 
 SELECT_MESSAGES = f"SELECT {COLUMNS} FROM messages m WHERE m.id = ANY(%s)"
@@ -281,8 +288,21 @@ SELECT_MESSAGES = f"SELECT {COLUMNS} FROM messages m WHERE m.id = ANY(%s)"
 
 def read(conn: Connection[Any], ids: list[UUID]) -> list[Message]:
     """Messages by id, in the order of `ids` (each must exist)."""
+    return _read(conn, SELECT_MESSAGES, ids)
+
+
+SELECT_NEW_MESSAGES = f"SELECT {_NEW_COLUMNS} FROM messages m WHERE m.id = ANY(%s)"
+
+
+def read_new(conn: Connection[Any], ids: list[UUID]) -> list[Message]:
+    """Messages this transaction just inserted, by id, as `read` would give them once
+    committed."""
+    return _read(conn, SELECT_NEW_MESSAGES, ids)
+
+
+def _read(conn: Connection[Any], query: str, ids: list[UUID]) -> list[Message]:
     cur = conn.cursor(row_factory=class_row(Message))
-    found = {m.id: m for m in cur.execute(SELECT_MESSAGES, (ids,)).fetchall()}
+    found = {m.id: m for m in cur.execute(query, (ids,)).fetchall()}
     return [found[i] for i in ids]
 
 
@@ -344,19 +364,24 @@ def get_any(conn: Connection[Any], message_id: UUID) -> Message | None:
 
 # A branch, first message first, with every message's versions: the versions of
 # all its messages are read in one pass over the conversation (grouped by parent;
-# a first message's parent is the nil UUID here), rather than one query each.
+# a first message's parent is the nil UUID here), rather than one query each. Each
+# message of the branch is looked up by its key (OFFSET 0 keeps the subquery apart):
+# joined to the walk, whose length the planner guesses at a hundred, a table of some
+# thousand messages gets hashed whole.
 _BRANCH = f"""
-WITH b AS (SELECT b.id, b.depth FROM message_branch(%(leaf)s) b),
-s AS (
+WITH s AS (
     SELECT coalesce(s.parent_id, '00000000-0000-0000-0000-000000000000') AS parent,
            array_agg(s.id ORDER BY s.seq) AS ids
     FROM messages s
     WHERE s.conversation_id = (SELECT x.conversation_id FROM messages x WHERE x.id = %(leaf)s)
     GROUP BY 1
 )
-SELECT {_COLUMNS.format(siblings="s.ids")}
-FROM b JOIN messages m ON m.id = b.id
-JOIN s ON s.parent = coalesce(m.parent_id, '00000000-0000-0000-0000-000000000000')
+SELECT x.*, s.ids AS sibling_ids
+FROM message_branch(%(leaf)s) b
+CROSS JOIN LATERAL (
+    SELECT {_COLUMNS.format(**_AS_COMMITTED)} FROM messages m WHERE m.id = b.id OFFSET 0
+) x
+JOIN s ON s.parent = coalesce(x.parent_id, '00000000-0000-0000-0000-000000000000')
 ORDER BY b.depth DESC
 """
 

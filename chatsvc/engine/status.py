@@ -78,19 +78,22 @@ def active(conn: Connection[Any], user_id: UUID | None, *, everything: bool) -> 
 # answer streams only on the current branch).
 SELECT_STATUS = """
 SELECT cs.conversation_id, cs.is_streaming, cs.active_message_id,
-       a.id AS message_id, a.status, coalesce(a.content_length, 0) AS content_length, a.epoch,
-       a.created_at AS started_at, a.last_checkpoint_at, a.lease_expires_at
+       m.id AS message_id, m.status,
+       CASE WHEN m.id IS NULL THEN 0 ELSE message_committed(m, 'text') END AS content_length,
+       m.epoch, m.created_at AS started_at,
+       CASE WHEN m.id IS NOT NULL THEN message_checkpointed_at(m) END AS last_checkpoint_at,
+       m.lease_expires_at
 FROM conversation_status cs
 LEFT JOIN LATERAL (
-    SELECT m.id, m.status, message_committed(m, 'text') AS content_length, m.epoch,
-           m.created_at, message_checkpointed_at(m) AS last_checkpoint_at,
-           m.lease_expires_at
+    SELECT b.id
     FROM message_branch((SELECT c.current_leaf_id FROM conversations c
                          WHERE c.id = cs.conversation_id)) b
-    JOIN messages m ON m.id = b.id
-    WHERE m.role = 'assistant'
+    -- Each message by its key (see messages._BRANCH for why OFFSET 0).
+    CROSS JOIN LATERAL (SELECT p.role FROM messages p WHERE p.id = b.id OFFSET 0) p
+    WHERE p.role = 'assistant'
     ORDER BY b.depth LIMIT 1
-) a ON true
+) latest ON true
+LEFT JOIN messages m ON m.id = latest.id
 WHERE cs.conversation_id = %s
 """
 

@@ -11,7 +11,7 @@ from chatsvc.engine.runtime import Runtime
 from chatsvc.engine.users import User
 from chatsvc.errors import Unauthorized
 from chatsvc.web import schemas
-from chatsvc.web.context import connection, runtime
+from chatsvc.web.context import connection, runtime, statement
 from chatsvc.web.declare import serialise
 
 COOKIE = "chatsvc_session"
@@ -50,7 +50,7 @@ def _find(header: str | None, cookie: str | None, rt: Runtime) -> User:
     if header is not None:
         return _token_user(header, rt)
     if cookie:
-        with connection(rt) as conn:
+        with statement(rt) as conn:
             user = users.user_by_session(conn, cookie)
         if user is None:
             raise Unauthorized("This session has ended; sign in with a token again.")
@@ -62,7 +62,7 @@ def _token_user(header: str, rt: Runtime) -> User:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
-    with connection(rt) as conn:
+    with statement(rt) as conn:
         found = users.user_by_token(conn, token.strip())
     if found is None:
         raise Unauthorized("This token is not valid.")
