@@ -20,7 +20,8 @@ from chatsvc.engine.parts import Entry
 from chatsvc.engine.stream import Meter, Stream, Take
 
 # One statement checkpoints every stream in the batch, after FENCE in the same
-# transaction: one round trip (pipelined) to commit any number of streams. A
+# transaction: the same four round trips (BEGIN, fence, it, COMMIT) commit any
+# number of streams. A
 # stream whose epoch no longer matches, or that no longer streams (taken over,
 # ended, or fenced), is simply not returned, and nothing of it is written. The
 # owner of the epoch is the only writer, so the offsets it writes at are the
