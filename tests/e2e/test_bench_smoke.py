@@ -90,5 +90,11 @@ def test_pg_ceiling_smoke_measures_every_step(tmp_path: Path) -> None:
         assert step["emulator_core_percent"] and len(step["emulator_core_percent"]) == 2
         assert step["waits"]["samples"] > 0
         assert isinstance(step["ran_out"], list)
-        if not kept["notes"]:  # a private Postgres: its CPU is ours to see
-            assert step["postgres_core_percent"] > 0 and step["pg_cpu_us_per_answer_second"] > 0
+        assert step["postgres_core_percent"] is None or step["postgres_core_percent"] >= 0
+    if not kept["notes"]:  # a private Postgres: its CPU is ours to see
+        # In some step: a 2.5 s step's few tens of milliseconds read as 0 when a backend
+        # exits while the tree is read (its CPU then neither live nor yet reaped).
+        assert any(
+            step["postgres_core_percent"] > 0 and step["pg_cpu_us_per_answer_second"] > 0
+            for step in kept["steps"]
+        ), kept["steps"]
