@@ -39,6 +39,17 @@ def make_user(
         return users.create_token(conn, user.id)
 
 
+def new_conversation(conn: psycopg.Connection[Any]) -> tuple[Any, Any]:
+    """A fresh user (a unique name) and an empty conversation of theirs, by SQL: their ids."""
+    user = conn.execute(
+        "INSERT INTO users (name) VALUES ('u' || gen_random_uuid()) RETURNING id"
+    ).fetchone()[0]
+    conversation = conn.execute(
+        "INSERT INTO conversations (user_id) VALUES (%s) RETURNING id", (user,)
+    ).fetchone()[0]
+    return user, conversation
+
+
 def wait_until(what: str, condition: Any, timeout: float = 30) -> None:
     """Poll state another process changes (there is no event to await from outside)."""
     deadline = time.monotonic() + timeout

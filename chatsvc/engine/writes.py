@@ -21,15 +21,14 @@ from chatsvc.engine.stream import Meter, Stream, Take
 
 # One statement checkpoints every stream in the batch, after FENCE in the same
 # transaction: the same four round trips (BEGIN, fence, it, COMMIT) commit any
-# number of streams. A
-# stream whose epoch no longer matches, or that no longer streams (taken over,
-# ended, or fenced), is simply not returned, and nothing of it is written. The
-# owner of the epoch is the only writer, so the offsets it writes at are the
-# committed lengths (readers take a streaming answer's lengths from its chunks:
-# message_committed in migration 0006). It appends one chunk_batches row
-# holding every stream's new text and reasoning, each entry at its committed
-# offset (one row's overhead per transaction, not per stream: see migration
-# 0006).
+# number of streams. A stream whose epoch no longer matches, or that no longer
+# streams (taken over, ended, or fenced), is simply not returned, and nothing of
+# it is written. The owner of the epoch is the only writer, so the offsets it
+# writes at are the committed lengths (readers take a streaming answer's lengths
+# from its chunks: message_committed in migration 0006). It appends one
+# chunk_batches row holding every stream's new text and reasoning, each entry at
+# its committed offset (one row's overhead per transaction, not per stream: see
+# migration 0006).
 #
 # Only a stream marked `renew` has its row updated: its lease (renewed every
 # lease/3, not at every checkpoint), its lengths and checkpoint time, and its
@@ -189,10 +188,9 @@ def meter(conn: Connection[Any], stream: Stream, meters: list[Meter]) -> None:
 # everything else. A plain answer's parts are that text; otherwise they, and a
 # taken-over answer's text, are assembled from the chunks. Its chunks stay in
 # their batches, shared with other answers, until the reaper's sweep deletes
-# them. The checkpointer commits
-# the answer's pending text, and the llm_calls rows of its model calls, before
-# it in the same transaction, so the chunks hold all of the text and `usage` is
-# the sum over every call.
+# them. The checkpointer commits the answer's pending text, and the llm_calls
+# rows of its model calls, before it in the same transaction, so the chunks hold
+# all of the text and `usage` is the sum over every call.
 FINISH = """
 WITH m AS (
     UPDATE messages m

@@ -10,6 +10,7 @@ import pytest
 
 from chatsvc.engine import events, migrations
 from tests.conftest import database_url, drop_database
+from tests.support import new_conversation
 
 SCHEMA_QUERY = """
 SELECT table_name, column_name, data_type, is_nullable, column_default
@@ -128,17 +129,8 @@ def test_schema_has_what_the_spec_documents(conn: psycopg.Connection[Any]) -> No
     assert "UNIQUE" in indexes["messages_client_message_id"]
 
 
-def _conversation(conn: psycopg.Connection[Any]) -> Any:
-    user = conn.execute(
-        "INSERT INTO users (name) VALUES ('u' || gen_random_uuid()) RETURNING id"
-    ).fetchone()[0]
-    return user, conn.execute(
-        "INSERT INTO conversations (user_id) VALUES (%s) RETURNING id", (user,)
-    ).fetchone()[0]
-
-
 def _streaming_answer(conn: psycopg.Connection[Any]) -> tuple[Any, Any]:
-    _, conversation = _conversation(conn)
+    _, conversation = new_conversation(conn)
     message = conn.execute(
         "INSERT INTO messages (conversation_id, role, status) VALUES (%s, 'assistant', "
         "'streaming') RETURNING id",
@@ -150,7 +142,7 @@ def _streaming_answer(conn: psycopg.Connection[Any]) -> tuple[Any, Any]:
 def test_database_allows_one_streaming_answer_per_conversation(
     conn: psycopg.Connection[Any],
 ) -> None:
-    _, conversation = _conversation(conn)
+    _, conversation = new_conversation(conn)
     insert = (
         "INSERT INTO messages (conversation_id, role, status) VALUES (%s, 'assistant', 'streaming')"
     )
@@ -160,7 +152,7 @@ def test_database_allows_one_streaming_answer_per_conversation(
 
 
 def test_client_message_id_is_unique_per_conversation(conn: psycopg.Connection[Any]) -> None:
-    _, conversation = _conversation(conn)
+    _, conversation = new_conversation(conn)
     insert = (
         "INSERT INTO messages (conversation_id, role, status, client_message_id, "
         "completed_at) VALUES (%s, 'user', 'completed', 'abc', now())"
@@ -265,7 +257,7 @@ def test_existing_conversations_become_one_branch(empty_db: str) -> None:
 def test_answers_streaming_across_the_upgrade_keep_their_chunks(empty_db: str) -> None:
     assert migrations.upgrade(empty_db, until="0005.chat-keys")[-1] == "0005.chat-keys"
     with psycopg.connect(empty_db) as conn:
-        _, conversation = _conversation(conn)
+        _, conversation = new_conversation(conn)
         answer = conn.execute(
             "INSERT INTO messages (conversation_id, role, status, content_length, "
             "reasoning_length) VALUES (%s, 'assistant', 'streaming', 9, 2) RETURNING id",

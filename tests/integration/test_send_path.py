@@ -12,16 +12,7 @@ from chatsvc.engine import db, history, messages, status
 from chatsvc.engine.messages import NewAnswer
 from chatsvc.errors import StreamActive, Unavailable
 from chatsvc.web.context import statement
-
-
-def _conversation(conn: psycopg.Connection[Any]) -> tuple[Any, Any]:
-    user = conn.execute(
-        "INSERT INTO users (name) VALUES ('u' || gen_random_uuid()) RETURNING id"
-    ).fetchone()[0]
-    conversation = conn.execute(
-        "INSERT INTO conversations (user_id) VALUES (%s) RETURNING id", (user,)
-    ).fetchone()[0]
-    return user, conversation
+from tests.support import new_conversation
 
 
 def _finish(conn: psycopg.Connection[Any], answer: Any, text: str) -> None:
@@ -50,7 +41,7 @@ def test_a_new_exchange_reads_as_it_will_once_committed(db_url: str) -> None:
     """`read_new` and `said_before_new` skip the assembling reads; they must give what the
     assembling ones give for the same rows."""
     with psycopg.connect(db_url) as conn:
-        user, conversation = _conversation(conn)
+        user, conversation = new_conversation(conn)
         first = _insert(conn, user, conversation, None, "first question")
         assert first is not None
         _finish(conn, first[1], "first answer")
@@ -74,7 +65,7 @@ def test_a_new_exchange_reads_as_it_will_once_committed(db_url: str) -> None:
 
 def test_the_exchange_is_one_statement_that_the_indexes_decide(db_url: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
-        user, conversation = _conversation(conn)
+        user, conversation = new_conversation(conn)
         inserted = _insert(conn, user, conversation, None, "q", "k")
         assert inserted is not None
         seqs = conn.execute(
@@ -115,7 +106,7 @@ def test_a_branch_is_read_by_key_in_a_table_of_thousands(
     """Joined to the walk up the tree, whose length the planner guesses at a hundred, the
     messages of a table of some thousands were hashed whole: a scan per send, per page
     load, per status."""
-    user, _ = _conversation(conn)
+    user, _ = new_conversation(conn)
     conn.execute(
         "WITH c AS (INSERT INTO conversations (user_id) SELECT %s FROM generate_series(1, 500) "
         "RETURNING id) "
@@ -123,7 +114,7 @@ def test_a_branch_is_read_by_key_in_a_table_of_thousands(
         "SELECT c.id, %s, 'user', 'completed', 'x', now() FROM c, generate_series(1, 10)",
         (user, user),
     )
-    _, conversation = _conversation(conn)
+    _, conversation = new_conversation(conn)
     first = _insert(conn, user, conversation, None, "q")
     assert first is not None
     conn.execute("ANALYZE messages")
