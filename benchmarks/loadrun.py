@@ -141,6 +141,20 @@ class Window:
         name = "chatsvc_checkpoint_transactions_total"
         return int(self.readings[1]["metrics"][name] - self.readings[0]["metrics"][name])
 
+    def first_text_commit_ms(self) -> float | None:
+        """The mean time, on chatsvc's own clock, from a send to the commit of its answer's
+        first text, over the answers whose first text was committed in the window: the part
+        of the time to first text that the baseline has no counterpart for, free of the
+        client's and the fake LLM's scheduling."""
+        if not self.uses_db:
+            return None
+        before, after = (reading["metrics"] for reading in self.readings)
+        count = (
+            after["chatsvc_first_text_seconds_count"] - before["chatsvc_first_text_seconds_count"]
+        )
+        total = after["chatsvc_first_text_seconds_sum"] - before["chatsvc_first_text_seconds_sum"]
+        return round(1000 * total / count, 2) if count else None
+
 
 def load_run(
     bench: Bench,
@@ -240,6 +254,7 @@ def _run_result(
         "commits_per_s_per_100": round(db["commits"] / seconds / (streams / 100), 1),
         "wal_per_content_byte": round(db["wal"] / (received * shape.size), 2),
         "checkpoint_transactions": window.checkpoint_transactions(),
+        "first_text_commit_ms": window.first_text_commit_ms(),
         "shape": {"chunks": shape.chunks, "size": shape.size, "delay_s": shape.delay},
         "clock": shape.clock,
     }

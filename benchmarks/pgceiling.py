@@ -207,12 +207,12 @@ class Instance:
             assert row is not None
             conversation = row[0]
             tree.lock(conn, conversation)
-            new = messages.NewAnswer(user, model, self.owner, self.settings.lease_s)
-            inserted = messages.insert_exchange(
-                conn, conversation, None, content="a question", client_message_id=None, answer=new
+            answer = messages.NewAnswer(user, model, self.owner, self.settings.lease_s)
+            new = messages.NewExchange.after(
+                conversation, None, content="a question", client_message_id=None, answer=answer
             )
-            assert inserted is not None
-            question, message = inserted
+            assert messages.insert_exchange(conn, new)
+            question, message = new.question_id, new.answer_id
             tree.show(conn, conversation, message)
             started = events.room_event(
                 None,

@@ -64,12 +64,18 @@ class Answerer:
         self.registry = registry
 
     def start(
-        self, stream: Stream, *, resumed: bool = False, branch: Branch | None = None
+        self,
+        stream: Stream,
+        *,
+        resumed: bool = False,
+        branch: Branch | None = None,
+        sent_at: float | None = None,
     ) -> Stream:
         """Begin (or, after a takeover, continue) generating an answer this process owns;
-        `branch`: its prompt's messages, when the transaction that inserted it read them."""
+        `branch`: its prompt's messages, when the transaction that inserted it read them;
+        `sent_at`: when the request that made it began (time.monotonic)."""
         if not resumed:
-            stream.sent_at = stream.began_at
+            stream.sent_at = stream.began_at if sent_at is None else sent_at
         metrics.ANSWERS_STARTED.labels("resumed" if resumed else "sent").inc()
         self.checkpointer.adopt(stream)
         stream.worker = gevent.spawn(self._run, stream, resumed, branch)

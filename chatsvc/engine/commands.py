@@ -6,11 +6,11 @@ and its announcement are committed together.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import psycopg
 from psycopg import Connection
 
 from chatsvc.engine import (
@@ -28,9 +28,10 @@ from chatsvc.engine import messages as message_rows
 from chatsvc.engine.conversations import Conversation
 from chatsvc.engine.history import Branch
 from chatsvc.engine.leases import Claim
-from chatsvc.engine.messages import Exchange, Message, NewAnswer
+from chatsvc.engine.messages import Exchange, Message, NewAnswer, NewExchange
 from chatsvc.engine.projects import Project
 from chatsvc.engine.runtime import Runtime
+from chatsvc.engine.statements import Statement, together
 from chatsvc.engine.stream import Stream
 from chatsvc.engine.users import User
 from chatsvc.errors import (
@@ -39,7 +40,6 @@ from chatsvc.errors import (
     TokenLimitExceeded,
     Unavailable,
     ValidationError,
-    unique_violation_of,
     wrap_exceptions,
 )
 
@@ -67,34 +67,28 @@ def send(
 ) -> Sent:
     """Store the user message after the current branch's last message, and a streaming
     answer; generate it in the background."""
+    asked_at = time.monotonic()
     _accepting(rt)
     model = models.choose(rt.settings, model)
     with wrap_exceptions(), rt.pool.connection() as conn:
-        conversation = conversations.get_visible(conn, user.id, conversation_id)
-        earlier = _earlier(conn, conversation_id, client_message_id)
-        if earlier is not None:
-            return earlier
-        _within_budget(rt, conn, user)
-        leaf = tree.lock(conn, conversation_id)
-        sent = _exchange(
+        sent = _add_exchange(
             rt,
             conn,
-            conversation,
             user,
-            leaf,
+            conversation_id,
             content=content,
             client_message_id=client_message_id,
             model=model,
-            moved=False,
         )
-    return _started(rt, sent)
+    return _started(rt, sent, asked_at)
 
 
 def regenerate(rt: Runtime, user: User, message_id: UUID, *, model: str | None = None) -> Sent:
     """A new answer beside an answer (same question), on a branch that becomes current."""
+    asked_at = time.monotonic()
     _accepting(rt)
     with wrap_exceptions(), rt.pool.connection() as conn:
-        answer, conversation = _version_of(
+        answer = _version_of(
             conn,
             user,
             message_id,
@@ -104,9 +98,18 @@ def regenerate(rt: Runtime, user: User, message_id: UUID, *, model: str | None =
         if answer.parent_id is None:
             raise ValidationError("Only an answer can be regenerated; a question is edited.")
         model = models.choose(rt.settings, model or answer.model)
-        _within_budget(rt, conn, user)
-        sent = _branch_off(rt, conn, conversation, user, answer.parent_id, None, None, model)
-    return _started(rt, sent)
+        sent = _add_exchange(
+            rt,
+            conn,
+            user,
+            answer.conversation_id,
+            content=None,
+            client_message_id=None,
+            model=model,
+            branching=True,
+            after=answer.parent_id,
+        )
+    return _started(rt, sent, asked_at)
 
 
 def edit(
@@ -120,24 +123,29 @@ def edit(
 ) -> Sent:
     """A new version of a user message (same parent) and its answer, on a branch that
     becomes current; the old version and what followed it stay as they were."""
+    asked_at = time.monotonic()
     _accepting(rt)
     model = models.choose(rt.settings, model)
     with wrap_exceptions(), rt.pool.connection() as conn:
-        question, conversation = _version_of(
+        question = _version_of(
             conn,
             user,
             message_id,
             "user",
             "Only a user message can be edited; an answer is regenerated.",
         )
-        earlier = _earlier(conn, conversation.id, client_message_id)
-        if earlier is not None:
-            return earlier
-        _within_budget(rt, conn, user)
-        sent = _branch_off(
-            rt, conn, conversation, user, question.parent_id, content, client_message_id, model
+        sent = _add_exchange(
+            rt,
+            conn,
+            user,
+            question.conversation_id,
+            content=content,
+            client_message_id=client_message_id,
+            model=model,
+            branching=True,
+            after=question.parent_id,
         )
-    return _started(rt, sent)
+    return _started(rt, sent, asked_at)
 
 
 def continue_answer(
@@ -173,19 +181,14 @@ def continue_answer(
                     f"This answer already made {stopped.step + 1} model calls, the most an "
                     f"answer may make (CHATSVC_MAX_STEPS={rt.settings.max_steps})."
                 )
-            try:
-                with conn.transaction():
-                    claimed = continuation.reopen(
-                        conn,
-                        stopped,
-                        owner=rt.owner,
-                        lease_s=rt.settings.lease_s,
-                        model=model,
-                    )
-            except psycopg.errors.UniqueViolation as exc:
-                if unique_violation_of(exc, "messages_one_streaming_per_conversation"):
-                    raise StreamActive() from exc
-                raise
+            with message_rows.one_streaming():
+                claimed = continuation.reopen(
+                    conn,
+                    stopped,
+                    owner=rt.owner,
+                    lease_s=rt.settings.lease_s,
+                    model=model,
+                )
             assert claimed is not None
             claim = Claim(**claimed)
             outbox: list[events.Event] = []
@@ -222,53 +225,17 @@ def switch_branch(rt: Runtime, user: User, conversation_id: UUID, message_id: UU
 
 def _version_of(
     conn: Connection[Any], user: User, message_id: UUID, role: str, why: str
-) -> tuple[Message, Conversation]:
-    """A message the user may see, which must have `role`, and its conversation."""
+) -> Message:
+    """A message the user may see (and so its conversation), which must have `role`."""
     message = message_rows.get_visible(conn, user.id, message_id)
     if message.role != role:
         raise ValidationError(why)
-    return message, conversations.get_visible(conn, user.id, message.conversation_id)
-
-
-def _branch_off(  # noqa: PLR0917 - the parts of a new version, in the order they nest
-    rt: Runtime,
-    conn: Connection[Any],
-    conversation: Conversation,
-    user: User,
-    parent_id: UUID | None,
-    content: str | None,
-    client_message_id: str | None,
-    model: str,
-) -> Sent:
-    """A new version after `parent_id` (a question and its answer, or an answer alone when
-    `content` is None), holding the conversation row; its branch becomes current."""
-    tree.lock(conn, conversation.id)
-    return _exchange(
-        rt,
-        conn,
-        conversation,
-        user,
-        parent_id,
-        content=content,
-        client_message_id=client_message_id,
-        model=model,
-        moved=True,
-    )
+    return message
 
 
 def _accepting(rt: Runtime) -> None:
     if rt.hub.closing:
         raise Unavailable("This server is shutting down; retry on another.")
-
-
-def _earlier(
-    conn: Connection[Any], conversation_id: UUID, client_message_id: str | None
-) -> Sent | None:
-    """What an earlier request with this client_message_id made, if any."""
-    if client_message_id is None:
-        return None
-    earlier = message_rows.exchange_by_client_id(conn, conversation_id, client_message_id)
-    return None if earlier is None else Sent(earlier, created=False)
 
 
 def _within_budget(rt: Runtime, conn: Connection[Any], user: User) -> None:
@@ -277,6 +244,84 @@ def _within_budget(rt: Runtime, conn: Connection[Any], user: User) -> None:
     if users.usage(conn, user.id).exhausted:
         raise TokenLimitExceeded()
     limits.admit_stream(conn, rt.settings, user.id)
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """A conversation a new exchange may go in, held (its row and its user's lock)."""
+
+    conversation: Conversation
+    leaf: UUID | None  # the last message of its current branch
+    earlier: Exchange | None  # what an earlier request with the same client_message_id made
+
+
+def _admit(
+    rt: Runtime,
+    conn: Connection[Any],
+    user: User,
+    conversation_id: UUID,
+    client_message_id: str | None,
+) -> _Admitted:
+    """Lock and check before a new exchange, in one round trip.
+
+    The user's lock and then the conversation's row are taken in that order in every
+    command; the statements after them read under both, so the conversation's title,
+    the user's streaming answers and an earlier request's exchange are as they are.
+    The checks answer in the order a client expects: a conversation it cannot see, a
+    retried request, then its limits. (A conversation the user cannot see is held only
+    until the error rolls the transaction back.)
+    """
+    lock_user, count = limits.count_statements(user.id)
+    statements: list[Statement[Any]] = [
+        lock_user,
+        count,
+        tree.lock_statement(conversation_id),
+        conversations.visible_statement(user.id, conversation_id),
+        users.usage_statement(user.id),
+    ]
+    if client_message_id is not None:
+        statements.append(
+            message_rows.earlier_exchange_statement(conversation_id, client_message_id)
+        )
+    _, active, leaf, conversation, usage, *earlier = together(conn, *statements)
+    admitted = _Admitted(conversations.found(conversation), leaf, earlier[0] if earlier else None)
+    if admitted.earlier is None:
+        if usage.exhausted:
+            raise TokenLimitExceeded()
+        limits.check(rt.settings, active)
+    return admitted
+
+
+def _add_exchange(
+    rt: Runtime,
+    conn: Connection[Any],
+    user: User,
+    conversation_id: UUID,
+    *,
+    content: str | None,
+    client_message_id: str | None,
+    model: str,
+    branching: bool = False,
+    after: UUID | None = None,
+) -> Sent:
+    """A question (unless `content` is None) and its streaming answer: after the current
+    branch's last message (a send), or, `branching`, after `after` on a new branch that
+    becomes current (an edit, a regeneration); or what an earlier request with the same
+    client_message_id made."""
+    admitted = _admit(rt, conn, user, conversation_id, client_message_id)
+    if admitted.earlier is not None:
+        return Sent(admitted.earlier, created=False)
+    return _exchange(
+        rt,
+        conn,
+        admitted.conversation,
+        user,
+        after if branching else admitted.leaf,
+        content=content,
+        client_message_id=client_message_id,
+        model=model,
+        moved=branching,
+    )
 
 
 def _exchange(
@@ -292,38 +337,61 @@ def _exchange(
     moved: bool,
 ) -> Sent:
     """Insert a question (unless `content` is None) and its streaming answer after
-    `parent_id`, make the answer's branch current, and announce it; the caller holds the
-    conversation row. `moved`: the current branch changes other than by growing."""
-    new_answer = NewAnswer(user.id, model or rt.settings.model, rt.owner, rt.settings.lease_s)
-    inserted = message_rows.insert_exchange(
-        conn,
+    `parent_id`, make the answer's branch current, announce it, and read the prompt, in
+    one round trip; the caller holds the conversation row. `moved`: the current branch
+    changes other than by growing."""
+    if conn.autocommit:
+        raise RuntimeError("an exchange is one transaction, undone whole if its key was taken")
+    answer = NewAnswer(user.id, model or rt.settings.model, rt.owner, rt.settings.lease_s)
+    new = NewExchange.after(
         conversation.id,
         parent_id,
         content=content,
         client_message_id=client_message_id,
-        answer=new_answer,
+        answer=answer,
     )
-    if inserted is None:  # a concurrent request with the same client_message_id won
-        earlier = _earlier(conn, conversation.id, client_message_id)
-        assert earlier is not None
-        return earlier
-    question_id, answer_id = inserted
     outbox: list[events.Event] = []
     if content is not None:
-        outbox.append(events.MessageCreated(conversation.id, question_id))
-    outbox.append(events.MessageCreated(conversation.id, answer_id))
+        outbox.append(events.MessageCreated(conversation.id, new.question_id))
+    outbox.append(events.MessageCreated(conversation.id, new.answer_id))
     if moved:
-        outbox.append(events.BranchChanged(conversation.id, answer_id))
-    if content is not None:
-        outbox += _titled(conn, conversation, content)
-    outbox += _stream_started(conversation, user, answer_id)
-    tree.show(conn, conversation.id, answer_id)
-    events.send(conn, outbox)
+        outbox.append(events.BranchChanged(conversation.id, new.answer_id))
+    naming: list[Statement[str | None]] = []
+    title = _title(conversation, content)
+    if title:
+        naming.append(conversations.name_untitled_statement(conversation.id, title))
+        outbox.append(_updated(conversation, title))
+    outbox += _stream_started(conversation, user, new.answer_id)
     # The prompt is read here rather than by the answer (no round trip before its model
     # call), and both reads know that the new rows have nothing checkpointed yet.
-    branch = history.said_before_new(conn, question_id, answer_id)
-    exchange = Exchange(*message_rows.read_new(conn, [question_id, answer_id]))
-    return Sent(exchange, created=True, branch=branch)
+    with message_rows.one_streaming():
+        inserted, *_, branch, rows = together(
+            conn,
+            message_rows.exchange_statement(new),
+            *naming,
+            tree.show_statement(conversation.id, new.answer_id),
+            *events.notify_statements(outbox),
+            history.said_before_new_statement(new.question_id, new.answer_id),
+            message_rows.new_messages_statement([new.question_id, new.answer_id]),
+        )
+    if not inserted:
+        # A concurrent request with the same client_message_id won: what followed the
+        # insert named rows that do not exist, and is undone.
+        conn.rollback()
+        assert client_message_id is not None
+        earlier = message_rows.earlier_exchange_statement(conversation.id, client_message_id)
+        exchange = earlier.run(conn)
+        assert exchange is not None
+        return Sent(exchange, created=False)
+    return Sent(Exchange(*rows), created=True, branch=branch)
+
+
+def _title(conversation: Conversation, content: str | None) -> str:
+    """The title a conversation takes from its first message (never from reasoning): it is
+    read under the conversation's lock, so an untitled one is named by this exchange."""
+    if conversation.title or content is None:
+        return ""
+    return conversations.title_from(content)
 
 
 def _stream_started(conversation: Conversation, user: User, message_id: UUID) -> list[events.Event]:
@@ -339,16 +407,6 @@ def _stream_started(conversation: Conversation, user: User, message_id: UUID) ->
     ]
 
 
-def _titled(conn: Connection[Any], conversation: Conversation, content: str) -> list[events.Event]:
-    """An untitled conversation takes its title from its first message (never from reasoning)."""
-    if conversation.title:
-        return []
-    title = conversations.name_untitled(conn, conversation.id, content)
-    if title is None:
-        return []
-    return [_updated(conversation, title)]
-
-
 def _updated(conversation: Conversation, title: str) -> events.Event:
     return events.room_event(
         conversation.project_id,
@@ -359,11 +417,12 @@ def _updated(conversation: Conversation, title: str) -> events.Event:
     )
 
 
-def _started(rt: Runtime, sent: Sent) -> Sent:
-    """Generate a newly created answer (after its rows are committed)."""
+def _started(rt: Runtime, sent: Sent, asked_at: float) -> Sent:
+    """Generate a newly created answer (after its rows are committed); `asked_at`: when the
+    request began, for the time to its first text."""
     if sent.created:
-        answer = sent.exchange.assistant_message
-        rt.answerer.start(Stream.for_message(answer, rt.settings.model), branch=sent.branch)
+        stream = Stream.for_message(sent.exchange.assistant_message, rt.settings.model)
+        rt.answerer.start(stream, branch=sent.branch, sent_at=asked_at)
     return sent
 
 

@@ -10,6 +10,7 @@ from uuid import UUID
 from psycopg import Connection
 from psycopg.rows import class_row
 
+from chatsvc.engine.statements import Statement, first_value, row_of
 from chatsvc.errors import NotFound
 
 # A private conversation is visible to its creator; a project's to every member.
@@ -57,15 +58,24 @@ def create(
 SELECT_CONVERSATION = f"SELECT {_COLUMNS} FROM conversations c WHERE c.id = %(id)s AND {VISIBLE_TO}"
 
 
+def visible_statement(user_id: UUID, conversation_id: UUID) -> Statement[Conversation | None]:
+    """A conversation the user may see (None if none)."""
+    params = {"id": conversation_id, "user": user_id}
+    return Statement(SELECT_CONVERSATION, params, row_of(Conversation))
+
+
 def get(conn: Connection[Any], user_id: UUID, conversation_id: UUID) -> Conversation | None:
     """A conversation the user may see."""
-    cur = conn.cursor(row_factory=class_row(Conversation))
-    return cur.execute(SELECT_CONVERSATION, {"id": conversation_id, "user": user_id}).fetchone()
+    return visible_statement(user_id, conversation_id).run(conn)
 
 
 def get_visible(conn: Connection[Any], user_id: UUID, conversation_id: UUID) -> Conversation:
     """A conversation the user may see, or NotFound."""
-    conversation = get(conn, user_id, conversation_id)
+    return found(get(conn, user_id, conversation_id))
+
+
+def found(conversation: Conversation | None) -> Conversation:
+    """The conversation a lookup found, or NotFound."""
     if conversation is None:
         raise NotFound("No such conversation.")
     return conversation
@@ -136,10 +146,7 @@ def title_from(content: str) -> str:
     return cut.rstrip(" ,.;:") + "…"
 
 
-def name_untitled(conn: Connection[Any], conversation_id: UUID, first_message: str) -> str | None:
-    """Title an untitled conversation after its first message; the new title, or None."""
-    title = title_from(first_message)
-    if not title:
-        return None
-    row = conn.execute(NAME_UNTITLED, (title, conversation_id)).fetchone()
-    return None if row is None else str(row[0])
+def name_untitled_statement(conversation_id: UUID, title: str) -> Statement[str | None]:
+    """Title an untitled conversation (with `title_from` its first message); the new title,
+    or None."""
+    return Statement(NAME_UNTITLED, (title, conversation_id), first_value)

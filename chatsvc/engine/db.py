@@ -50,10 +50,14 @@ def _check_if_idle(conn: Connection[Any]) -> None:
 
 def make_pool(url: str, size: int, *, name: str = "chatsvc") -> ConnectionPool:
     """A pool for short request transactions; SSE streams never hold a connection while idle."""
+    # psycopg's own prepared statements are off: when it has any, every rollback (a
+    # request that fails its checks) deallocates all of the session's, the send's too
+    # (engine/statements.py), which are prepared once per connection and kept.
     kwargs: dict[str, Any] = {
         "application_name": name,
         "options": _CONNECT_OPTIONS,
         "connect_timeout": 5,
+        "prepare_threshold": None,
     }
     pool = ConnectionPool(
         url,

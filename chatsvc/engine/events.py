@@ -33,6 +33,7 @@ from uuid import UUID
 from psycopg import Connection
 
 from chatsvc import jsonio
+from chatsvc.engine.statements import Statement, nothing
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +361,12 @@ def decode(text: str) -> list[Event]:
 NOTIFY = "SELECT pg_notify(%s, %s)"
 
 
+def notify_statements(events: Iterable[Event]) -> list[Statement[None]]:
+    """Queue events on the transaction they run in; Postgres delivers them at commit."""
+    return [Statement(NOTIFY, (CHANNEL, text), nothing) for text in encode(events)]
+
+
 def send(conn: Connection[Any], events: Iterable[Event]) -> None:
     """Queue events on the caller's transaction; Postgres delivers them at commit."""
-    for text in encode(events):
-        conn.execute(NOTIFY, (CHANNEL, text))
+    for notify in notify_statements(events):
+        notify.run(conn)

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from psycopg import Connection
+from psycopg import Connection, Cursor
 from psycopg.rows import class_row
+
+from chatsvc.engine.statements import Statement, rows_of
 
 
 @dataclass(frozen=True)
@@ -53,13 +55,16 @@ ORDER BY b.depth DESC
 Branch = tuple[list[Said], Said | None]
 
 
-def said_before_new(conn: Connection[Any], question_id: UUID, answer_id: UUID) -> Branch:
+def said_before_new_statement(question_id: UUID, answer_id: UUID) -> Statement[Branch]:
     """The branch of an answer this transaction just inserted after `question_id`: the
     question's branch (every message of it finished), and the answer with nothing
     committed (reading it would assemble its parts from the chunks, for nothing)."""
-    cur = conn.cursor(row_factory=class_row(Said))
-    before = cur.execute(SELECT_SAID, {"leaf": question_id}).fetchall()
-    return before, Said(answer_id, "assistant", "", [], None)
+    rows = rows_of(Said)
+
+    def branch(cur: Cursor[Any]) -> Branch:
+        return rows(cur), Said(answer_id, "assistant", "", [], None)
+
+    return Statement(SELECT_SAID, {"leaf": question_id}, branch)
 
 
 def said_before(conn: Connection[Any], answer_id: UUID) -> Branch:

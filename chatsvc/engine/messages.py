@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Annotated, Any, Literal, NotRequired
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
-from psycopg import Connection
+from psycopg import Connection, Cursor
 from psycopg.rows import class_row
 from pydantic import Field
 from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
 from chatsvc.engine.conversations import VISIBLE_TO
+from chatsvc.engine.statements import Statement, rows_of
 from chatsvc.errors import NotFound, StreamActive, unique_violation_of
 
 STATUSES = ("streaming", "completed", "cancelled", "failed", "interrupted")
@@ -208,15 +211,15 @@ _NEW_COLUMNS = (
 FIRST_EPOCH = 1
 
 # The question (unless %(content)s is NULL: a regeneration answers %(parent)s) and
-# its answer, in one statement: one round trip, and no savepoint, since a reused
-# client_message_id inserts nothing rather than failing. The question's row is
-# produced before the answer's, so it takes the lower seq. A statement does not see
-# its own rows, so the messages (their sibling_ids) are read by the next one.
+# its answer, in one statement, no savepoint: a reused client_message_id inserts
+# nothing rather than failing. The question's row is produced before the answer's,
+# so it takes the lower seq. A statement does not see its own rows, so the
+# messages (their sibling_ids) are read by the next one.
 INSERT_EXCHANGE = f"""
 WITH question AS (
-    INSERT INTO messages (conversation_id, user_id, parent_id, role, status, content,
+    INSERT INTO messages (id, conversation_id, user_id, parent_id, role, status, content,
                           content_length, client_message_id, completed_at)
-    SELECT %(conversation)s, %(user)s, %(parent)s::uuid, 'user', 'completed',
+    SELECT %(question)s, %(conversation)s, %(user)s, %(parent)s::uuid, 'user', 'completed',
            %(content)s::text, length(%(content)s::text), %(client)s::text, clock_timestamp()
     WHERE %(content)s::text IS NOT NULL
     ON CONFLICT (conversation_id, client_message_id) WHERE client_message_id IS NOT NULL
@@ -227,12 +230,12 @@ WITH question AS (
     UNION ALL
     SELECT %(parent)s::uuid WHERE %(content)s::text IS NULL
 )
-INSERT INTO messages (conversation_id, user_id, parent_id, role, status, reply_to, model, epoch,
-                      owner, lease_expires_at, last_checkpoint_at)
-SELECT %(conversation)s, %(user)s, asked.id, 'assistant', 'streaming', asked.id, %(model)s,
-       {FIRST_EPOCH}, %(owner)s, now() + %(lease_s)s * interval '1 second', now()
+INSERT INTO messages (id, conversation_id, user_id, parent_id, role, status, reply_to, model,
+                      epoch, owner, lease_expires_at, last_checkpoint_at)
+SELECT %(answer)s, %(conversation)s, %(user)s, asked.id, 'assistant', 'streaming', asked.id,
+       %(model)s, {FIRST_EPOCH}, %(owner)s, now() + %(lease_s)s * interval '1 second', now()
 FROM asked
-RETURNING parent_id, id
+RETURNING id
 """
 
 
@@ -246,41 +249,88 @@ class NewAnswer:
     lease_s: float
 
 
-def insert_exchange(
-    conn: Connection[Any],
-    conversation_id: UUID,
-    parent_id: UUID | None,
-    *,
-    content: str | None,
-    client_message_id: str | None,
-    answer: NewAnswer,
-) -> tuple[UUID, UUID] | None:
-    """Insert a user message after `parent_id` and its streaming answer; or, with `content`
-    None, an answer alone after the user message `parent_id` (a regeneration). Returns
-    the ids of the question and the answer.
+@dataclass(frozen=True)
+class NewExchange:
+    """A user message and its streaming answer about to be inserted after `parent_id`; with
+    `content` None, an answer alone to the user message `parent_id` (a regeneration).
 
-    Returns None when `client_message_id` was already used in this conversation;
-    raises StreamActive when another answer is streaming. Both are decided by the
-    database's unique indexes, so concurrent requests cannot both win. The caller
-    holds the conversation row (tree.lock) and moves its current branch.
+    Their ids are chosen here rather than by the database, so the statements that name
+    them (the branch shown, the events) can go in the insert's round trip.
+    """
+
+    conversation_id: UUID
+    parent_id: UUID | None
+    content: str | None
+    client_message_id: str | None
+    answer: NewAnswer
+    question_id: UUID
+    answer_id: UUID
+
+    @classmethod
+    def after(
+        cls,
+        conversation_id: UUID,
+        parent_id: UUID | None,
+        *,
+        content: str | None,
+        client_message_id: str | None,
+        answer: NewAnswer,
+    ) -> NewExchange:
+        """New ids for the question (unless it is `parent_id`) and the answer."""
+        if content is None and parent_id is None:
+            raise ValueError("an answer alone answers the user message it follows")
+        question_id = uuid4() if content is not None else parent_id
+        assert question_id is not None
+        return cls(
+            conversation_id,
+            parent_id,
+            content,
+            client_message_id,
+            answer,
+            question_id,
+            uuid4(),
+        )
+
+
+def exchange_statement(new: NewExchange) -> Statement[bool]:
+    """Insert the exchange: True, or False when `client_message_id` was already used in
+    this conversation (nothing is inserted).
+
+    The database's unique indexes decide, so concurrent requests cannot both win:
+    another answer streaming in the conversation fails it (see `one_streaming`). The
+    caller holds the conversation row (tree.lock) and moves its current branch.
     """
     params = {
-        "conversation": conversation_id,
-        "user": answer.user_id,
-        "parent": parent_id,
-        "content": content,
-        "client": client_message_id,
-        "model": answer.model,
-        "owner": answer.owner,
-        "lease_s": answer.lease_s,
+        "conversation": new.conversation_id,
+        "user": new.answer.user_id,
+        "parent": new.parent_id,
+        "question": new.question_id,
+        "answer": new.answer_id,
+        "content": new.content,
+        "client": new.client_message_id,
+        "model": new.answer.model,
+        "owner": new.answer.owner,
+        "lease_s": new.answer.lease_s,
     }
+    return Statement(INSERT_EXCHANGE, params, lambda cur: cur.fetchone() is not None)
+
+
+@contextmanager
+def one_streaming() -> Iterator[None]:
+    """StreamActive when a statement inside would make a second answer stream in a
+    conversation (the index decides, whatever the caller read before)."""
     try:
-        row = conn.execute(INSERT_EXCHANGE, params).fetchone()
+        yield
     except psycopg.errors.UniqueViolation as exc:
         if unique_violation_of(exc, "messages_one_streaming_per_conversation"):
             raise StreamActive() from exc
         raise
-    return None if row is None else (row[0], row[1])
+
+
+def insert_exchange(conn: Connection[Any], new: NewExchange) -> bool:
+    """Insert the exchange alone (see `exchange_statement`)."""
+    with one_streaming():
+        return exchange_statement(new).run(conn)
 
 
 SELECT_MESSAGES = f"SELECT {COLUMNS} FROM messages m WHERE m.id = ANY(%s)"
@@ -291,13 +341,20 @@ def read(conn: Connection[Any], ids: list[UUID]) -> list[Message]:
     return _read(conn, SELECT_MESSAGES, ids)
 
 
+_message_rows = rows_of(Message)
+
 SELECT_NEW_MESSAGES = f"SELECT {_NEW_COLUMNS} FROM messages m WHERE m.id = ANY(%s)"
 
 
-def read_new(conn: Connection[Any], ids: list[UUID]) -> list[Message]:
+def new_messages_statement(ids: list[UUID]) -> Statement[list[Message]]:
     """Messages this transaction just inserted, by id, as `read` would give them once
-    committed."""
-    return _read(conn, SELECT_NEW_MESSAGES, ids)
+    committed (in the order of `ids`; those not inserted are left out)."""
+
+    def in_order(cur: Cursor[Any]) -> list[Message]:
+        found = {m.id: m for m in _message_rows(cur)}
+        return [found[i] for i in ids if i in found]
+
+    return Statement(SELECT_NEW_MESSAGES, (ids,), in_order)
 
 
 def _read(conn: Connection[Any], query: str, ids: list[UUID]) -> list[Message]:
@@ -321,16 +378,17 @@ ORDER BY m.seq
 """
 
 
-def exchange_by_client_id(
-    conn: Connection[Any], conversation_id: UUID, client_message_id: str
-) -> Exchange | None:
+def earlier_exchange_statement(
+    conversation_id: UUID, client_message_id: str
+) -> Statement[Exchange | None]:
     """The pair an earlier send or edit with this client_message_id created."""
-    cur = conn.cursor(row_factory=class_row(Message))
+
+    def pair(cur: Cursor[Any]) -> Exchange | None:
+        rows = _message_rows(cur)
+        return Exchange(rows[0], rows[1]) if len(rows) == 2 else None
+
     params = {"conversation": conversation_id, "client": client_message_id}
-    rows = cur.execute(SELECT_EXCHANGE_BY_CLIENT_ID, params).fetchall()
-    if len(rows) != 2:
-        return None
-    return Exchange(rows[0], rows[1])
+    return Statement(SELECT_EXCHANGE_BY_CLIENT_ID, params, pair)
 
 
 SELECT_MESSAGE = f"""

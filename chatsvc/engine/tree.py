@@ -14,21 +14,32 @@ from uuid import UUID
 
 from psycopg import Connection
 
+from chatsvc.engine.statements import Statement, first_value, nothing
+
 LOCK = "SELECT current_leaf_id FROM conversations WHERE id = %s FOR NO KEY UPDATE"
+
+
+def lock_statement(conversation_id: UUID) -> Statement[UUID | None]:
+    """Hold the conversation row until the transaction ends; the leaf of its current branch."""
+    return Statement(LOCK, (conversation_id,), first_value)
 
 
 def lock(conn: Connection[Any], conversation_id: UUID) -> UUID | None:
     """Hold the conversation row until the transaction ends; the leaf of its current branch."""
-    row = conn.execute(LOCK, (conversation_id,)).fetchone()
-    return row[0] if row else None
+    return lock_statement(conversation_id).run(conn)
 
 
 SET_LEAF = "UPDATE conversations SET current_leaf_id = %s WHERE id = %s"
 
 
+def show_statement(conversation_id: UUID, leaf_id: UUID) -> Statement[None]:
+    """Make the branch ending at `leaf_id` the one the conversation shows."""
+    return Statement(SET_LEAF, (leaf_id, conversation_id), nothing)
+
+
 def show(conn: Connection[Any], conversation_id: UUID, leaf_id: UUID) -> None:
     """Make the branch ending at `leaf_id` the one the conversation shows."""
-    conn.execute(SET_LEAF, (leaf_id, conversation_id))
+    show_statement(conversation_id, leaf_id).run(conn)
 
 
 # Children are always newer than their parent, so the newest message below one

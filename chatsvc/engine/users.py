@@ -9,8 +9,10 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from psycopg import Connection
+from psycopg import Connection, Cursor
 from psycopg.rows import class_row
+
+from chatsvc.engine.statements import Statement
 
 TOKEN_PREFIX = "csk_"
 SESSION_LIFETIME = timedelta(days=30)
@@ -164,9 +166,18 @@ def delete_tokens(conn: Connection[Any], user_id: UUID) -> int:
 SELECT_USAGE = "SELECT prompt_tokens, completion_tokens, token_limit FROM users WHERE id = %s"
 
 
-def usage(conn: Connection[Any], user_id: UUID) -> Usage:
+def usage_statement(user_id: UUID) -> Statement[Usage]:
     """Tokens used by a user across all LLM calls made for them (the trigger-kept totals)."""
-    row = conn.execute(SELECT_USAGE, (user_id,)).fetchone()
+    return Statement(SELECT_USAGE, (user_id,), _usage)
+
+
+def _usage(cur: Cursor[Any]) -> Usage:
+    row = cur.fetchone()
     if row is None:
         return Usage(0, 0, None)
     return Usage(int(row[0]), int(row[1]), row[2])
+
+
+def usage(conn: Connection[Any], user_id: UUID) -> Usage:
+    """Tokens used by a user across all LLM calls made for them (the trigger-kept totals)."""
+    return usage_statement(user_id).run(conn)
