@@ -17,17 +17,40 @@ class TreeSnapshot:
     reaped: float  # CPU of children the root has waited for (psutil children_*)
 
 
+# A child that exits while the tree is walked moves its CPU from the live processes
+# to the root's reaped total between the two readings; the walk is then taken again.
+SNAPSHOT_ATTEMPTS = 5
+
+
 def snapshot(pid: int | None, *, tree: bool = True) -> TreeSnapshot:
-    """The CPU a process tree (or, with tree=False, the process alone) has used so far."""
+    """The CPU a process tree (or, with tree=False, the process alone) has used so far.
+
+    The root's reaped total is read before and after the walk: equal, every child was
+    counted once, live or reaped (were it read only before, a child that ended during
+    the walk would be in neither; only after, in both).
+    """
     if pid is None:
         return TreeSnapshot({}, 0.0)
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)] if tree else [root]
-        times = root.cpu_times()
-        reaped = times.children_user + times.children_system if tree else 0.0
-    except psutil.NoSuchProcess:
-        return TreeSnapshot({}, 0.0)
+    taken = TreeSnapshot({}, 0.0)
+    for _ in range(SNAPSHOT_ATTEMPTS):
+        try:
+            root = psutil.Process(pid)
+            reaped = _reaped(root) if tree else 0.0
+            processes = [root, *root.children(recursive=True)] if tree else [root]
+            taken = TreeSnapshot(_own_cpu(processes), reaped)
+            if not tree or _reaped(root) == reaped:
+                return taken
+        except psutil.NoSuchProcess:
+            return TreeSnapshot({}, 0.0)
+    return taken  # children kept ending: the last walk, as good as a single one
+
+
+def _reaped(root: psutil.Process) -> float:
+    times = root.cpu_times()
+    return float(times.children_user + times.children_system)
+
+
+def _own_cpu(processes: list[psutil.Process]) -> dict[tuple[int, float], float]:
     live = {}
     for process in processes:
         try:
@@ -37,7 +60,7 @@ def snapshot(pid: int | None, *, tree: bool = True) -> TreeSnapshot:
             live[key] = own.user + own.system
         except psutil.NoSuchProcess:
             continue
-    return TreeSnapshot(live, reaped)
+    return live
 
 
 def cpu_between(before: TreeSnapshot, after: TreeSnapshot) -> float:
