@@ -138,8 +138,7 @@ class Window:
         """chatsvc's checkpoint transactions in the window (both instances)."""
         if not self.uses_db:
             return None
-        name = "chatsvc_checkpoint_transactions_total"
-        return int(self.readings[1]["metrics"][name] - self.readings[0]["metrics"][name])
+        return int(self._metric_delta("chatsvc_checkpoint_transactions_total"))
 
     def first_text_commit_ms(self) -> float | None:
         """The mean time, on chatsvc's own clock, from a send to the commit of its answer's
@@ -148,12 +147,14 @@ class Window:
         client's and the fake LLM's scheduling."""
         if not self.uses_db:
             return None
-        before, after = (reading["metrics"] for reading in self.readings)
-        count = (
-            after["chatsvc_first_text_seconds_count"] - before["chatsvc_first_text_seconds_count"]
-        )
-        total = after["chatsvc_first_text_seconds_sum"] - before["chatsvc_first_text_seconds_sum"]
+        count = self._metric_delta("chatsvc_first_text_seconds_count")
+        total = self._metric_delta("chatsvc_first_text_seconds_sum")
         return round(1000 * total / count, 2) if count else None
+
+    def _metric_delta(self, name: str) -> float:
+        """How much one of chatsvc's /metrics (summed over the instances) grew in the window."""
+        before, after = (reading["metrics"][name] for reading in self.readings)
+        return float(after - before)
 
 
 def load_run(

@@ -54,15 +54,16 @@ ORDER BY b.depth DESC
 # The messages of an answer's branch before it, and the answer as committed.
 Branch = tuple[list[Said], Said | None]
 
+_said_rows = rows_of(Said)
+
 
 def said_before_new_statement(question_id: UUID, answer_id: UUID) -> Statement[Branch]:
     """The branch of an answer this transaction just inserted after `question_id`: the
     question's branch (every message of it finished), and the answer with nothing
     committed (reading it would assemble its parts from the chunks, for nothing)."""
-    rows = rows_of(Said)
 
     def branch(cur: Cursor[Any]) -> Branch:
-        return rows(cur), Said(answer_id, "assistant", "", [], None)
+        return _said_rows(cur), Said(answer_id, "assistant", "", [], None)
 
     return Statement(SELECT_SAID, {"leaf": question_id}, branch)
 
