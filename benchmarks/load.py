@@ -90,6 +90,7 @@ class Samples:
     chars: int = 0
     ok: int = 0
     failed: int = 0
+    refused: int = 0  # answers the server refused for now (503 Retry-After)
     errors: list[str] = field(default_factory=list)
 
     def record(self, text: str, received_ns: int) -> list[int]:
@@ -154,6 +155,7 @@ class Samples:
         return {
             "answers_ok": self.ok,
             "answers_failed": self.failed,
+            "answers_refused": self.refused,
             "errors": self.errors,
             "chunks": self.chunks,
             "chunks_received_in_window": received,
@@ -423,6 +425,9 @@ def drive(
                 return
             try:
                 job()
+            except wire.Busy as exc:
+                samples.refused += 1
+                time.sleep(exc.retry_after)  # as a client should, and no busy loop
             except Exception as exc:
                 samples.fail(exc)
                 time.sleep(0.5)  # a failing server must not turn this into a busy loop

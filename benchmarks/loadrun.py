@@ -151,6 +151,15 @@ class Window:
         total = self._metric_delta("chatsvc_first_text_seconds_sum")
         return round(1000 * total / count, 2) if count else None
 
+    def loop_lag_ms(self) -> float | None:
+        """The mean lag of chatsvc's workers' event loops in the window (sampled every
+        100 ms): what CHATSVC_MAX_LOOP_LAG_MS compares with its limit."""
+        if not self.uses_db:
+            return None
+        count = self._metric_delta("chatsvc_loop_lag_seconds_count")
+        total = self._metric_delta("chatsvc_loop_lag_seconds_sum")
+        return round(1000 * total / count, 2) if count else None
+
     def _metric_delta(self, name: str) -> float:
         """How much one of chatsvc's /metrics (summed over the instances) grew in the window."""
         before, after = (reading["metrics"][name] for reading in self.readings)
@@ -256,6 +265,7 @@ def _run_result(
         "wal_per_content_byte": round(db["wal"] / (received * shape.size), 2),
         "checkpoint_transactions": window.checkpoint_transactions(),
         "first_text_commit_ms": window.first_text_commit_ms(),
+        "loop_lag_ms": window.loop_lag_ms(),
         "shape": {"chunks": shape.chunks, "size": shape.size, "delay_s": shape.delay},
         "clock": shape.clock,
     }
@@ -268,10 +278,11 @@ def _run_result(
 
 def within_bound(run: dict[str, Any], bound_ms: float, rate: float, *, strict: bool) -> bool:
     """Whether a load run kept p99 within the bound (under it, if `strict`), at 90% of the
-    asked rate or more, with no failed answer."""
+    asked rate or more, with no failed or refused answer."""
     p99 = run["p99_ms"]
     return (
         run["answers_failed"] == 0
+        and run["answers_refused"] == 0
         and p99 is not None
         and (p99 < bound_ms if strict else p99 <= bound_ms)
         and (run["rate_per_stream"] or 0) >= 0.9 * rate

@@ -29,6 +29,8 @@ HEADLINE_ROWS = (
     "WAL per content byte, headline load",
     "WAL per content byte, one headline answer alone",
     "Achieved token rate",
+    "Event loop lag of chatsvc's workers, mean",
+    "Answers ended well / failed / refused as busy (503)",
 )
 # The old shapes' rows (stamped 24-character chunks), after the headline in the full run.
 OLD_ROWS = (
@@ -326,6 +328,19 @@ def _headline_rows(table: Table, results: dict[str, Any]) -> None:
     metric(
         next(labels), f"tokens/s per answer, asked {rate:g}, ", lambda r: r["rate_per_stream"], 1
     )
+    metric(next(labels), "ms, ", lambda r: r.get("loop_lag_ms"), 1, baseline="—")
+    label = next(labels)
+    for index, n in enumerate(levels):
+        at_level = [run["levels"][index] for run in head["runs"]]
+        table.add(
+            f"{label} ({n} answers, whole run)",
+            " · ".join(_outcomes(level["chatsvc"]) for level in at_level),
+            " · ".join(_outcomes(level["baseline"]) for level in at_level),
+        )
+
+
+def _outcomes(run: dict[str, Any]) -> str:
+    return f"{run['answers_ok']} / {run['answers_failed']} / {run['answers_refused']}"
 
 
 def _single_answer_wal_row(table: Table, label: str, head: dict[str, Any]) -> None:
@@ -602,7 +617,7 @@ def ceiling_tables(ceiling: dict[str, Any]) -> list[str]:
         "p50 ms",
         "p99 ms",
         "tokens/s",
-        "failed",
+        "failed / refused",
         "first text p50 ms",
         "CPU % servers (each)",
         "Postgres",
@@ -630,7 +645,7 @@ def ceiling_tables(ceiling: dict[str, Any]) -> list[str]:
                     _num(s["p50_ms"], 1),
                     _num(s["p99_ms"], 1),
                     _num(s["rate_per_stream"], 1),
-                    str(s["failed"]),
+                    f"{s['failed']} / {s['refused']}",
                     _num(s["first_text_p50_ms"], 1),
                     f"{_num(core['server'])} ({' / '.join(map(str, s['server_core_percent']))})",
                     _num(core["postgres"]),
@@ -681,7 +696,8 @@ def _run_note(name: str, run: dict[str, Any]) -> str:
     cpu = run["cpu_us_per_chunk"]
     unit = "token" if run.get("clock") else "chunk"
     return (
-        f"{name}: {run['answers_ok']} answers ({run['answers_failed']} failed), "
+        f"{name}: {run['answers_ok']} answers ({run['answers_failed']} failed, "
+        f"{run['answers_refused']} refused as busy), "
         f"{run['chunks_received_in_window']:,} {unit}s in the {run['window_s']} s window "
         f"({run['rate_per_stream'] or 0:.1f} {unit}s/s each); CPU µs/{unit}: "
         + ", ".join(f"{k} {_num(v)}" for k, v in cpu.items())

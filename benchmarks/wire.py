@@ -21,6 +21,14 @@ class HttpError(Exception):
     """The server answered with an unexpected status, or the connection broke."""
 
 
+class Busy(HttpError):
+    """The server refused the request for now: 503 with a Retry-After (seconds)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def _address(base: str) -> tuple[str, int]:
     parts = urlsplit(base)
     return parts.hostname or "127.0.0.1", parts.port or 80
@@ -156,7 +164,10 @@ def call(
     with open_request(base, method, path, headers=headers, body=body, timeout=timeout) as response:
         text = response.read_all()
         if response.status not in expect:
-            raise HttpError(f"{method} {path}: {response.status} {text[:300]!r}")
+            message = f"{method} {path}: {response.status} {text[:300]!r}"
+            if response.status == 503 and "retry-after" in response.headers:
+                raise Busy(message, float(response.headers["retry-after"]))
+            raise HttpError(message)
         return json.loads(text) if text else None
 
 

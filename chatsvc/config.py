@@ -44,6 +44,8 @@ class Settings:
     tools_file: Path | None = None
     max_steps: int = 8
     max_active_per_user: int = 4
+    # A worker whose event loop lags more than this (smoothed) refuses new answers; 0: never.
+    max_loop_lag_ms: int = 100
     log_format: str = "text"
     # Where the workers of one instance keep their metrics (prometheus-client
     # reads the same variable itself); `chatsvc serve` makes one when unset.
@@ -161,6 +163,7 @@ _VARIABLES: tuple[tuple[str, str, Any], ...] = (
     ("CHATSVC_TOOLS_FILE", "tools_file", Path),
     ("CHATSVC_MAX_STEPS", "max_steps", _positive_int),
     ("CHATSVC_MAX_ACTIVE_PER_USER", "max_active_per_user", _positive_int),
+    ("CHATSVC_MAX_LOOP_LAG_MS", "max_loop_lag_ms", _positive_int),
     ("CHATSVC_LOG_FORMAT", "log_format", str),
     ("PROMETHEUS_MULTIPROC_DIR", "metrics_dir", Path),
 )

@@ -121,6 +121,24 @@ SUBSCRIBER_OVERFLOWS = Counter(
     "chatsvc_subscriber_overflows", "Followers that fell behind and re-read from the database."
 )
 
+# --- load (engine/pressure.py, engine/commands.py) --------------------------------------
+
+LOOP_LAG_SECONDS = Histogram(
+    "chatsvc_loop_lag_seconds",
+    "How much later than asked a worker's event loop woke a sleeping greenlet (sampled "
+    "every 100 ms).",
+    buckets=FAST,
+)
+WORKERS_BUSY = Gauge(
+    "chatsvc_workers_busy",
+    "Workers refusing new answers because their loop lags (CHATSVC_MAX_LOOP_LAG_MS).",
+    multiprocess_mode="livesum",
+)
+BUSY_REFUSALS = Counter(
+    "chatsvc_busy_refusals",
+    "Sends, edits, regenerations and continues refused with 503 because the worker was busy.",
+)
+
 # --- HTTP (web/app.py) -----------------------------------------------------------------
 
 HTTP_SECONDS = Histogram(

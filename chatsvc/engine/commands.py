@@ -13,6 +13,7 @@ from uuid import UUID
 
 from psycopg import Connection
 
+from chatsvc import metrics
 from chatsvc.engine import (
     continuation,
     conversations,
@@ -236,6 +237,9 @@ def _version_of(
 def _accepting(rt: Runtime) -> None:
     if rt.hub.closing:
         raise Unavailable("This server is shutting down; retry on another.")
+    if rt.pressure.overloaded:
+        metrics.BUSY_REFUSALS.inc()
+        raise Unavailable("This server is too busy to start another answer; try again shortly.")
 
 
 def _within_budget(rt: Runtime, conn: Connection[Any], user: User) -> None:

@@ -182,6 +182,7 @@ class Reaper(Background):
         owner: str,
         *,
         listening_since: Callable[[], float | None],
+        busy: Callable[[], bool],
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -190,6 +191,7 @@ class Reaper(Background):
         self.answerer = answerer
         self.owner = owner
         self.listening_since = listening_since
+        self.busy = busy
         # Often enough that an expired lease is noticed within about a second.
         self.interval = min(1.0, settings.lease_s / 3)
         self.taken = 0
@@ -210,7 +212,10 @@ class Reaper(Background):
             self._wake.clear()
 
     def sweep(self, limit: int = 20) -> int:
-        """Claim up to `limit` orphans and resume or interrupt each; returns how many."""
+        """Claim up to `limit` orphans and resume or interrupt each; returns how many. A
+        worker too busy to start answers takes none: they wait for a worker with room."""
+        if self.busy():
+            return 0
         with self.pool.connection() as conn:
             dead = self._dead_owners(conn)
             params: dict[str, Any] = {

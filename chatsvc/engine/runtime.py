@@ -16,6 +16,7 @@ from chatsvc.engine.checkpoint import Checkpointer
 from chatsvc.engine.followers import RecentRows, Sources
 from chatsvc.engine.leases import OWNER_LOCK_CLASS, Reaper, owner_lock_key
 from chatsvc.engine.listener import Listener
+from chatsvc.engine.pressure import Pressure
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ class Runtime:
         # Loaded once per process; `chatsvc serve` refuses a bad tools file before this.
         self.tools = tools.load(settings.tools_file)
         self.answerer = Answerer(settings, self.pool, self.checkpointer, self.tools)
+        self.pressure = Pressure(
+            settings.max_loop_lag_ms,
+            waiting=lambda: self.pool.get_stats().get("requests_waiting", 0),
+        )
         self.reaper = Reaper(
             settings,
             self.pool,
@@ -57,6 +62,7 @@ class Runtime:
             self.answerer,
             self.owner,
             listening_since=lambda: self.listener.connected_at,
+            busy=lambda: self.pressure.overloaded,
         )
         self.sources = Sources(self.pool, self.hub, settings.heartbeat_s, RecentRows(self.pool))
         self.hub.on_event(self._on_event)
@@ -80,6 +86,7 @@ class Runtime:
         self.listener.start()
         self.checkpointer.start()
         self.reaper.start()
+        self.pressure.start()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGTERM): take no new work, hand every stream over, end SSE streams.
@@ -105,4 +112,5 @@ class Runtime:
         self.shutdown()
         self.listener.stop()
         self.checkpointer.stop()
+        self.pressure.stop()
         self.pool.close()

@@ -27,6 +27,8 @@ def readyz() -> Health:
     rt = runtime()
     if rt.hub.closing:
         raise Unavailable("This server is shutting down.")
+    if rt.pressure.overloaded:
+        raise Unavailable("This worker is too busy to start answers (its event loop lags).")
     with connection(rt, timeout=2) as conn:
         missing = migrations.pending(conn)
     if missing:

@@ -158,7 +158,11 @@ ERROR_RESPONSES = {
     415: ("UnsupportedMediaType", "`unsupported_media_type`: send `application/json`."),
     422: ("ValidationError", "`validation_error`: not a JSON object, or a bad or unknown field."),
     429: ("TokenLimitExceeded", "`token_limit_exceeded`: the caller's token limit is used up."),
-    503: ("Unavailable", "`unavailable`: no database, or this server is shutting down."),
+    503: (
+        "Unavailable",
+        "`unavailable`: no database, this server is shutting down, or it is too busy to start "
+        "an answer.",
+    ),
 }
 ERROR_HEADERS = {
     401: {
