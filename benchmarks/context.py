@@ -89,13 +89,18 @@ class Bench:
     llm: Service
     chatsvc: list[Service]  # A, B
     baseline: list[Service]
-    token: str
+    tokens: list[str]  # one per bench user; the load runs spread their answers over them
     out: Path  # profiles and other files worth keeping
     restart: Callable[[int], Service]  # a fresh chatsvc instance in slot i (after a kill)
     batched: Service | None  # C (full run only): CHATSVC_CHECKPOINT_MIN_MS = checkpoint_ms
     coalesce_ms: int = 0  # A's and B's CHATSVC_CHECKPOINT_MIN_MS: the headline's bound - 30 ms
     notes: list[str] = field(default_factory=list)
     _seed: int = 0
+
+    @property
+    def token(self) -> str:
+        """The first bench user's token, for the phases that need one user."""
+        return self.tokens[0]
 
     def seed(self, what: str) -> str:
         """A fresh seed, so no two answers are the same text."""
@@ -148,12 +153,20 @@ def chatsvc_metrics(instances: list[Service]) -> dict[str, float]:
 
 
 def create_conversations(bench: Bench, count: int) -> list[str]:
-    """Fresh conversations (each answer gets its own: one active answer per conversation)."""
+    """Fresh conversations of the first bench user (`bench.token`)."""
+    return [conversation for conversation, _ in owned_conversations(bench, count, users=1)]
+
+
+def owned_conversations(bench: Bench, count: int, users: int = 0) -> list[tuple[str, str]]:
+    """Fresh conversations and their owners' tokens, the first `users` bench users (0: all)
+    in turn (each answer gets its own: one active answer per conversation)."""
     pool = gevent.pool.Pool(8)
     base = bench.chatsvc[0].base
+    tokens = bench.tokens[: users or None]
 
-    def one(_: int) -> str:
-        conversation = wire.call(base, "POST", "/api/conversations", token=bench.token, body={})
-        return str(conversation["id"])
+    def one(i: int) -> tuple[str, str]:
+        token = tokens[i % len(tokens)]
+        conversation = wire.call(base, "POST", "/api/conversations", token=token, body={})
+        return str(conversation["id"]), token
 
     return list(pool.imap(one, range(count)))

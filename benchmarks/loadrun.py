@@ -26,8 +26,8 @@ from benchmarks.context import (
     Params,
     chatsvc_metrics,
     counters,
-    create_conversations,
     delta,
+    owned_conversations,
 )
 from benchmarks.meter import cpu_between, machine_busy, snapshot
 from benchmarks.services import Service
@@ -203,16 +203,16 @@ def load_run(
         if system == "chatsvc-batched":
             assert bench.batched is not None, "C runs in the full run only"
             servers = [bench.batched, bench.chatsvc[1]]
-        conversations = create_conversations(bench, streams * per_slot)
+        conversations = owned_conversations(bench, streams * per_slot)
         other = 0 if system == "chatsvc-same" else 1
 
         def answer(slot: int, n: int) -> Callable[[], None] | None:
             if n >= per_slot:
                 return None
-            conversation = conversations[slot * per_slot + n]
+            conversation, token = conversations[slot * per_slot + n]
             sender = 0 if system == "chatsvc-batched" else slot % 2
             send, follow = servers[sender].base, servers[(sender + other) % 2].base
-            job = partial(load.chatsvc_answer, send, follow, bench.token, conversation, shape)
+            job = partial(load.chatsvc_answer, send, follow, token, conversation, shape)
             return partial(job, seed=bench.seed("c"), samples=samples, timeout=timeout)
 
     window = Window(bench, servers, uses_db=system != "baseline", detail=detail)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.pool
 
 from benchmarks import (
     ceiling,
@@ -206,7 +207,7 @@ class Started:
     """Everything running, and how to restart a chatsvc instance killed on purpose."""
 
     db: Database
-    token: str
+    tokens: list[str]  # the bench's users'
     llm: Service
     chatsvc: list[Service]
     baseline: list[Service]
@@ -256,8 +257,7 @@ def start_everything(
     stack.callback(db.close)
     stack.callback(stop_all, fleet)  # before Postgres stops: the stack unwinds backwards
     chatsvc_cli({**env, "DATABASE_URL": db.url}, "db", "upgrade")
-    output = chatsvc_cli({**env, "DATABASE_URL": db.url}, "users", "create", "bench")
-    token = output.strip().splitlines()[-1]
+    tokens = bench_users({**env, "DATABASE_URL": db.url})
 
     def chatsvc(slot: int, port: int, **extra: str) -> Service:
         argv = [python, "-m", "chatsvc", "serve", "--port", str(port), "--workers", "1"]
@@ -279,7 +279,21 @@ def start_everything(
         instances[slot] = chatsvc(slot, instances[slot].port)
         return instances[slot].wait_ready()
 
-    return Started(db, token, llm, instances, baselines, restart, batched, coalesce_ms)
+    return Started(db, tokens, llm, instances, baselines, restart, batched, coalesce_ms)
+
+
+# The load runs' answers belong to this many users, in turn: chatsvc serialises the sends of
+# one user (its per-user lock counts their streaming answers), and real traffic is many users.
+BENCH_USERS = 20
+
+
+def bench_users(env: dict[str, str]) -> list[str]:
+    """Create the bench's users (at the same time: each is a CLI process); their tokens."""
+    pool = gevent.pool.Pool(4)
+    outputs = pool.map(
+        lambda i: chatsvc_cli(env, "users", "create", f"bench-{i + 1}"), range(BENCH_USERS)
+    )
+    return [output.strip().splitlines()[-1] for output in outputs]
 
 
 def measure(bench: context.Bench, mode: str) -> dict[str, Any]:
@@ -390,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 up.llm,
                 up.chatsvc,
                 up.baseline,
-                up.token,
+                up.tokens,
                 args.out,
                 up.restart,
                 up.batched,

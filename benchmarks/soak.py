@@ -520,7 +520,7 @@ def main(args: argparse.Namespace, start: Start) -> int:
             )
             say(f"{p.streams} answers at once for {p.minutes:g} min, after a warm-up")
             try:
-                measured = soak_run(p, up.chatsvc, up.llm, up.db, up.token)
+                measured = soak_run(p, up.chatsvc, up.llm, up.db, up.tokens[0])
             except BaseException:
                 session.tell_logs(say, [up.llm, *up.chatsvc])
                 raise
