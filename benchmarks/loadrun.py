@@ -145,19 +145,20 @@ class Window:
         first text, over the answers whose first text was committed in the window: the part
         of the time to first text that the baseline has no counterpart for, free of the
         client's and the fake LLM's scheduling."""
-        if not self.uses_db:
-            return None
-        count = self._metric_delta("chatsvc_first_text_seconds_count")
-        total = self._metric_delta("chatsvc_first_text_seconds_sum")
-        return round(1000 * total / count, 2) if count else None
+        return self._mean_ms("chatsvc_first_text_seconds")
 
     def loop_lag_ms(self) -> float | None:
         """The mean lag of chatsvc's workers' event loops in the window (sampled every
         100 ms): what CHATSVC_MAX_LOOP_LAG_MS compares with its limit."""
+        return self._mean_ms("chatsvc_loop_lag_seconds")
+
+    def _mean_ms(self, histogram: str) -> float | None:
+        """The mean, in ms, of one of chatsvc's histograms (in seconds) over the window's
+        observations; None for the baseline, or with none observed."""
         if not self.uses_db:
             return None
-        count = self._metric_delta("chatsvc_loop_lag_seconds_count")
-        total = self._metric_delta("chatsvc_loop_lag_seconds_sum")
+        count = self._metric_delta(f"{histogram}_count")
+        total = self._metric_delta(f"{histogram}_sum")
         return round(1000 * total / count, 2) if count else None
 
     def _metric_delta(self, name: str) -> float:
