@@ -126,6 +126,12 @@ class FakeLLMServer:
         self.server.start()
         self.api_base = f"http://127.0.0.1:{self.server.server_port}/v1"
 
+    def settings(self, **overrides: Any) -> Settings:
+        """TEST_SETTINGS with this server as the default model's provider, and `overrides`."""
+        return TEST_SETTINGS.with_(
+            model="openai/fake", llm_api_base=self.api_base, llm_api_key="sk-test", **overrides
+        )
+
     def stop(self) -> None:
         """Stop serving."""
         self.server.stop(timeout=1)

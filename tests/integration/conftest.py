@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import TEST_SETTINGS, AppServer, FakeLLMServer
+from tests.support import AppServer, FakeLLMServer
 
 
 @pytest.fixture
@@ -19,9 +19,6 @@ def fake_llm() -> Iterator[FakeLLMServer]:
 @pytest.fixture
 def llm_app(db_url: str, fake_llm: FakeLLMServer) -> Iterator[AppServer]:
     """The app talking to the fake OpenAI-compatible server through litellm."""
-    settings = TEST_SETTINGS.with_(
-        model="openai/fake", llm_api_base=fake_llm.api_base, llm_api_key="sk-test"
-    )
-    server = AppServer(db_url, settings)
+    server = AppServer(db_url, fake_llm.settings())
     yield server
     server.stop()

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from chatsvc import cli
 from chatsvc.engine.hub import RESYNC
 from tests.support import (
-    TEST_SETTINGS,
     ApiClient,
     AppServer,
     WsClient,
@@ -38,13 +37,7 @@ def _count(db_url: str, table: str) -> int:
 
 @pytest.fixture
 def limited(db_url: str, fake_llm: Any) -> Iterator[AppServer]:
-    settings = TEST_SETTINGS.with_(
-        model="openai/fake",
-        llm_api_base=fake_llm.api_base,
-        llm_api_key="sk-test",
-        max_active_per_user=2,
-    )
-    server = AppServer(db_url, settings)
+    server = AppServer(db_url, fake_llm.settings(max_active_per_user=2))
     yield server
     server.stop()
 

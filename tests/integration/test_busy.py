@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import requests
 
-from tests.support import TEST_SETTINGS, ApiClient, AppServer, WsClient, make_user, wait_until
+from tests.support import ApiClient, AppServer, WsClient, make_user, wait_until
 from tests.support import query as rows
 
 
@@ -33,14 +33,7 @@ def _lag(server: AppServer, seconds: float) -> None:
 
 @pytest.fixture
 def server(db_url: str, fake_llm: Any) -> Iterator[AppServer]:
-    settings = TEST_SETTINGS.with_(
-        model="openai/fake",
-        llm_api_base=fake_llm.api_base,
-        llm_api_key="sk-test",
-        max_loop_lag_ms=250,
-        orphan_policy="interrupt",
-    )
-    server = AppServer(db_url, settings)
+    server = AppServer(db_url, fake_llm.settings(max_loop_lag_ms=250, orphan_policy="interrupt"))
     server.runtime.pressure.stop()  # the test decides what the loop's lag is
     yield server
     server.stop()

@@ -18,7 +18,6 @@ import requests
 from tests.faketools import FakeToolServer
 from tests.integration.test_tool_loop import tools_file
 from tests.support import (
-    TEST_SETTINGS,
     ApiClient,
     AppServer,
     FakeLLMServer,
@@ -247,12 +246,7 @@ def test_cancel_ends_with_abort_and_failure_with_error(llm_app: AppServer) -> No
 def tools_app(
     db_url: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, tmp_path: Path
 ) -> Iterator[AppServer]:
-    settings = TEST_SETTINGS.with_(
-        model="openai/fake",
-        llm_api_base=fake_llm.api_base,
-        llm_api_key="sk-test",
-        tools_file=tools_file(tmp_path, fake_tools),
-    )
+    settings = fake_llm.settings(tools_file=tools_file(tmp_path, fake_tools))
     server = AppServer(db_url, settings)
     yield server
     server.stop()

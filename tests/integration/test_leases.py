@@ -24,9 +24,7 @@ from tests.support import (
 @pytest.fixture
 def servers(db_url: str, fake_llm: FakeLLMServer, request: Any) -> Iterator[list[AppServer]]:
     overrides = getattr(request, "param", {})
-    settings = TEST_SETTINGS.with_(
-        model="openai/fake", llm_api_base=fake_llm.api_base, llm_api_key="sk-test", **overrides
-    )
+    settings = fake_llm.settings(**overrides)
     started = [AppServer(db_url, settings) for _ in range(2)]
     yield started
     for server in started:
@@ -198,10 +196,7 @@ def test_a_streaming_answer_is_measured_by_its_chunks_not_its_row(
         assert conn.execute(
             "SELECT message_parts(m) FROM messages m WHERE id = %s", (answer,)
         ).fetchone() == ([{"type": "text", "text": expected[:30]}],)
-    settings = TEST_SETTINGS.with_(
-        model="openai/fake", llm_api_base=fake_llm.api_base, llm_api_key="sk-test"
-    )
-    server = AppServer(db_url, settings)
+    server = AppServer(db_url, fake_llm.settings())
     try:
         client = ApiClient(server.base, token)
         shown = client.get(f"/api/messages/{answer}").json()

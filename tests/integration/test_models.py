@@ -54,12 +54,7 @@ def _tokens(db_url: str, message_id: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def choosy(db_url: str, fake_llm: FakeLLMServer) -> Iterator[AppServer]:
     """An app whose operator lists two fake models and one litellm cannot place."""
-    settings = TEST_SETTINGS.with_(
-        model="openai/fake",
-        models=("openai/fake", "openai/other", "nope/none"),
-        llm_api_base=fake_llm.api_base,
-        llm_api_key="sk-test",
-    )
+    settings = fake_llm.settings(models=("openai/fake", "openai/other", "nope/none"))
     server = AppServer(db_url, settings)
     yield server
     server.stop()
@@ -170,12 +165,7 @@ def test_a_listed_model_writes_the_answer_and_none_means_the_default(
 def test_a_provider_error_is_classified_readably_and_books_no_tokens(
     db_url: str, fake_llm: FakeLLMServer, directives: str, error: str
 ) -> None:
-    settings = TEST_SETTINGS.with_(
-        model="openai/fake",
-        llm_api_base=fake_llm.api_base,
-        llm_api_key="sk-test",
-        llm_timeout_s=0.3,
-    )
+    settings = fake_llm.settings(llm_timeout_s=0.3)
     server = AppServer(db_url, settings)
     try:
         client = ApiClient(server.base, make_user(db_url, "alice"))

@@ -15,7 +15,6 @@ from chatsvc import cli
 from chatsvc.fakellm import parse_directives, script_reasoning, script_text
 from tests.faketools import FakeToolServer
 from tests.support import (
-    TEST_SETTINGS,
     ApiClient,
     AppServer,
     FakeLLMServer,
@@ -49,12 +48,8 @@ def tools_file(path: Path, tools: FakeToolServer, **extra: str) -> Path:
 def app(
     db_url: str, fake_llm: FakeLLMServer, fake_tools: FakeToolServer, tmp_path: Path
 ) -> Iterator[AppServer]:
-    settings = TEST_SETTINGS.with_(
-        model="openai/fake",
-        llm_api_base=fake_llm.api_base,
-        llm_api_key="sk-test",
-        tools_file=tools_file(tmp_path, fake_tools, slow_timeout="1"),
-        max_steps=4,
+    settings = fake_llm.settings(
+        tools_file=tools_file(tmp_path, fake_tools, slow_timeout="1"), max_steps=4
     )
     server = AppServer(db_url, settings)
     yield server
