@@ -6,9 +6,9 @@ proves the two agree (columns, types, nullability, defaults, keys, indexes and
 checks). It imports SQLAlchemy alone, so it is usable without a database and
 without the rest of chatsvc. How to use it: docs/integrating.md.
 
-`metadata` holds the tables; `views` holds the read-only views `active_streams`
-and `conversation_status`, kept apart so that `metadata.create_all()` never
-makes tables of them.
+`metadata` holds the tables; `views` holds the read-only views `active_streams`,
+`message_chunks`, `conversation_status` and `user_usage`, kept apart so that
+`metadata.create_all()` never makes tables of them.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ __all__ = [
     "projects",
     "sessions",
     "tool_calls",
+    "usage_pending",
+    "user_usage",
     "users",
     "views",
 ]
@@ -90,7 +92,7 @@ users = Table(
     Column("name", Text, nullable=False, unique=True),
     Column("is_admin", Boolean, nullable=False, server_default=text("false")),
     Column("token_limit", BigInteger),
-    # Running totals of llm_calls, kept by a trigger.
+    # Totals of llm_calls, rolled up from usage_pending (read user_usage for now's).
     Column("prompt_tokens", BigInteger, nullable=False, server_default=text("0")),
     Column("completion_tokens", BigInteger, nullable=False, server_default=text("0")),
     Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=_NOW),
@@ -316,6 +318,17 @@ llm_calls = Table(
     Index("llm_calls_message", "message_id"),
 )
 
+# The tokens of LLM calls not yet added to their user's totals (a trigger on
+# llm_calls inserts here; chatsvc_count_usage() moves them into users).
+usage_pending = Table(
+    "usage_pending",
+    metadata,
+    Column("user_id", _UUID, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Index("usage_pending_user", "user_id"),
+)
+
 # The tool-call ledger: one row per tool call, recorded `running` before it is sent.
 tool_calls = Table(
     "tool_calls",
@@ -378,6 +391,19 @@ message_chunks = Table(
 )
 """One row per chunk of a streaming answer's text or reasoning, from chunk_batches (a view:
 restrict `batch_id` to at least the answer's `batches_from`, or it reads every batch)."""
+
+user_usage = Table(
+    "user_usage",
+    views,
+    Column("user_id", _UUID, primary_key=True),
+    Column("name", Text),
+    Column("prompt_tokens", BigInteger),
+    Column("completion_tokens", BigInteger),
+    Column("total_tokens", BigInteger),
+    Column("token_limit", BigInteger),
+    info={"view": True},
+)
+"""One row per user: the tokens they used up to now, and their limit (a view)."""
 
 conversation_status = Table(
     "conversation_status",

@@ -168,10 +168,15 @@ FROM claimed
 # deletes the batches older than every streaming answer's first (migration 0006).
 SWEEP_CHUNKS = "SELECT chatsvc_sweep_chunks()"
 
+# Metering appends to usage_pending, so that no checkpoint writes a user's row;
+# this adds what is pending to the users' totals (migration 0007).
+COUNT_USAGE = "SELECT chatsvc_count_usage()"
+
 
 class Reaper(Background):
     """Takes over orphaned answers: on a timer, when woken by a release, and at startup;
-    and on the same timer deletes the chunk batches nothing reads any more."""
+    and on the same timer deletes the chunk batches nothing reads any more and adds the
+    pending tokens to the users' totals."""
 
     def __init__(
         self,
@@ -202,6 +207,7 @@ class Reaper(Background):
                 while not self._stopped and self.sweep() > 0:
                     pass  # more orphans may be waiting
                 self.sweep_chunks()
+                self.count_usage()
             except psycopg.Error as exc:
                 log.warning("orphan sweep failed: %s", exc)
             except Exception:
@@ -264,6 +270,13 @@ class Reaper(Background):
         """Delete the chunk batches no streaming answer reads any more; returns how many."""
         with self.pool.connection() as conn:
             row = conn.execute(SWEEP_CHUNKS).fetchone()
+        return int(row[0]) if row else 0
+
+    def count_usage(self) -> int:
+        """Add the tokens of the LLM calls metered since the last roll-up to their users'
+        totals; returns how many calls (0 too when another process is doing it)."""
+        with self.pool.connection() as conn:
+            row = conn.execute(COUNT_USAGE).fetchone()
         return int(row[0]) if row else 0
 
     def _resumes(self, claim: Claim) -> bool:

@@ -163,11 +163,13 @@ def delete_tokens(conn: Connection[Any], user_id: UUID) -> int:
     return conn.execute(DELETE_TOKENS, (user_id,)).rowcount
 
 
-SELECT_USAGE = "SELECT prompt_tokens, completion_tokens, token_limit FROM users WHERE id = %s"
+SELECT_USAGE = (
+    "SELECT prompt_tokens, completion_tokens, token_limit FROM user_usage WHERE user_id = %s"
+)
 
 
 def usage_statement(user_id: UUID) -> Statement[Usage]:
-    """Tokens used by a user across all LLM calls made for them (the trigger-kept totals)."""
+    """Tokens used by a user across all LLM calls made for them (totals plus pending)."""
     return Statement(SELECT_USAGE, (user_id,), _usage)
 
 
@@ -179,5 +181,5 @@ def _usage(cur: Cursor[Any]) -> Usage:
 
 
 def usage(conn: Connection[Any], user_id: UUID) -> Usage:
-    """Tokens used by a user across all LLM calls made for them (the trigger-kept totals)."""
+    """Tokens used by a user across all LLM calls made for them (totals plus pending)."""
     return usage_statement(user_id).run(conn)

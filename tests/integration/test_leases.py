@@ -18,6 +18,7 @@ from tests.support import (
     chunk,
     follow_message,
     make_user,
+    wait_until,
 )
 
 
@@ -109,6 +110,29 @@ def test_after_max_resumes_an_orphan_is_interrupted(servers: list[AppServer]) ->
     assert status == "interrupted" and result.done is not None
     assert result.done["status"] == "interrupted" and "CHATSVC_MAX_RESUMES=0" in error
     assert result.text == stored and stored
+
+
+def test_the_reapers_add_metered_tokens_to_the_users_totals(
+    servers: list[AppServer], db_url: str
+) -> None:
+    token = make_user(db_url, "alice")
+    clients = [ApiClient(server.base, token) for server in servers]
+    answers = [client.wait_terminal(client.ask("hello")) for client in clients]
+    used = [
+        answer["usage"]["prompt_tokens"] + answer["usage"]["completion_tokens"]
+        for answer in answers
+    ]
+    assert all(used), answers
+    # GET /api/usage counts every call at once, rolled up or not.
+    assert clients[0].get("/api/usage").json()["total_tokens"] == sum(used)
+
+    def rolled_up() -> bool:
+        with psycopg.connect(db_url) as conn:
+            totals = conn.execute("SELECT prompt_tokens + completion_tokens FROM users").fetchone()
+            pending = conn.execute("SELECT count(*) FROM usage_pending").fetchone()
+        return totals == (sum(used),) and pending == (0,)
+
+    wait_until("the users' totals to take in the pending tokens", rolled_up)
 
 
 def test_concurrent_reapers_never_claim_the_same_orphan(

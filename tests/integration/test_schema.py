@@ -24,6 +24,7 @@ MIGRATIONS = [
     "0004.users-disable",
     "0005.chat-keys",
     "0006.chunk-batches",
+    "0007.usage-pending",
 ]
 INDEX_QUERY = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
 
@@ -212,6 +213,70 @@ def test_the_sweep_deletes_the_chunks_no_streaming_answer_reads(
     assert chunks() == []
 
 
+METER = (
+    "INSERT INTO llm_calls (user_id, epoch, model, prompt_tokens, completion_tokens) "
+    "VALUES (%s, 1, 'm', %s, %s)"
+)
+USAGE = "SELECT prompt_tokens, completion_tokens, total_tokens FROM user_usage WHERE user_id = %s"
+TOTALS = "SELECT prompt_tokens, completion_tokens FROM users WHERE id = %s"
+
+
+def _count_usage(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT chatsvc_count_usage()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_metering_a_call_leaves_the_users_row_unlocked(
+    conn: psycopg.Connection[Any], db_url: str
+) -> None:
+    user, _ = new_conversation(conn)
+    with psycopg.connect(db_url) as metering:
+        metering.execute(METER, (user, 10, 5))
+        # The checkpointer's transaction is still open: another may write the row
+        # (an admin's limit, another instance's metering) without waiting.
+        conn.execute("SELECT 1 FROM users WHERE id = %s FOR NO KEY UPDATE NOWAIT", (user,))
+        assert conn.execute(USAGE, (user,)).fetchone() == (0, 0, 0), "not committed yet"
+    assert conn.execute(USAGE, (user,)).fetchone() == (10, 5, 15)
+
+
+def test_the_roll_up_counts_each_call_once(conn: psycopg.Connection[Any], db_url: str) -> None:
+    user, _ = new_conversation(conn)
+    other, _ = new_conversation(conn)
+    for prompt, completion in ((10, 5), (7, 0)):
+        conn.execute(METER, (user, prompt, completion))
+    conn.execute(METER, (other, 1, 2))
+    conn.execute(METER, (None, 100, 100))  # a call whose user is gone counts for no one
+    assert conn.execute(TOTALS, (user,)).fetchone() == (0, 0)
+    assert conn.execute(USAGE, (user,)).fetchone() == (17, 5, 22)
+    with psycopg.connect(db_url) as rolling:
+        assert _count_usage(rolling) == 3
+        # A roll-up in progress elsewhere: this one yields at once, and the view
+        # reads the totals as they were, pending rows included.
+        assert _count_usage(conn) == 0
+        assert conn.execute(USAGE, (user,)).fetchone() == (17, 5, 22)
+    assert conn.execute(TOTALS, (user,)).fetchone() == (17, 5)
+    assert conn.execute(TOTALS, (other,)).fetchone() == (1, 2)
+    assert conn.execute(USAGE, (user,)).fetchone() == (17, 5, 22)
+    assert _count_usage(conn) == 0, "nothing left pending"
+    conn.execute(METER, (user, 1, 1))
+    assert conn.execute(USAGE, (user,)).fetchone() == (18, 6, 24)
+    assert conn.execute("SELECT count(*) FROM usage_pending").fetchone() == (1,)
+
+
+def test_totals_metered_before_the_upgrade_stay(empty_db: str) -> None:
+    migrations.upgrade(empty_db, until="0006.chunk-batches")
+    with psycopg.connect(empty_db) as conn:
+        user, _ = new_conversation(conn)
+        conn.execute(METER, (user, 10, 5))
+    assert migrations.upgrade(empty_db) == ["0007.usage-pending"]
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute(TOTALS, (user,)).fetchone() == (10, 5)
+        conn.execute(METER, (user, 1, 1))
+        assert conn.execute(USAGE, (user,)).fetchone() == (11, 6, 17)
+        assert conn.execute(TOTALS, (user,)).fetchone() == (10, 5)
+
+
 def test_existing_conversations_become_one_branch(empty_db: str) -> None:
     assert migrations.upgrade(empty_db, until="0002.parts-and-tools")[-1] == "0002.parts-and-tools"
     with psycopg.connect(empty_db) as conn:
@@ -273,7 +338,7 @@ def test_answers_streaming_across_the_upgrade_keep_their_chunks(empty_db: str) -
                 "VALUES (%s, %s, %s, 1, %s)",
                 (answer, kind, start, text),
             )
-    assert migrations.upgrade(empty_db) == ["0006.chunk-batches"]
+    assert migrations.upgrade(empty_db) == MIGRATIONS[5:]
     with psycopg.connect(empty_db) as conn:
         row = conn.execute(
             "SELECT message_text(m), message_committed(m, 'text'), "
