@@ -38,7 +38,7 @@ class Settings:
     max_resumes: int = 3
     heartbeat_s: float = 15.0
     max_message_chars: int = 32_000
-    pool_size: int = 10
+    pool_size: int = 20
     subscriber_queue: int = 256
     offline_delay_s: float = 0.03
     tools_file: Path | None = None
