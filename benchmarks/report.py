@@ -716,8 +716,31 @@ def notes(results: dict[str, Any]) -> list[str]:
                     f"ceiling {system} {s['streams']}: {s['errors']} {s['waits']['error'] or ''}"
                 )
     if "load" not in results:
-        return out + list(results.get("notes", []))
-    out += _old_notes(results)
+        return out + _profile_notes(results) + list(results.get("notes", []))
+    return out + _old_notes(results)
+
+
+def _profile_notes(results: dict[str, Any]) -> list[str]:
+    """The profiles' summaries (`--profile`, in the full run and with `--headline`)."""
+    out = []
+    for name, summary in results.get("profile", {}).items():
+        if "error" in summary:
+            out.append(f"profile {name}: {summary['error']}")
+            continue
+        top = ", ".join(f"{f['frame']} {f['percent']}%" for f in summary["top_self"][:8])
+        libs = ", ".join(f"{f['frame']} {f['percent']}%" for f in summary["self_by_library"][:8])
+        out.append(
+            f"profile {name} at {summary['streams']} streams ({summary['samples']} samples) "
+            f"top self: {top}"
+        )
+        out.append(f"profile {name} self time by library: {libs}")
+        # The worker's CPU per chunk, split by the innermost chatsvc module on the stack.
+        server = summary["cpu_us_per_chunk"]["server"] or 0
+        modules = ", ".join(
+            f"{f['frame']} {f['percent']}% (~{server * f['percent'] / 100:.0f} µs)"
+            for f in summary["by_chatsvc_module"][:6]
+        )
+        out.append(f"profile {name} by chatsvc module (µs per chunk): {modules}")
     return out
 
 
@@ -769,24 +792,7 @@ def _old_notes(results: dict[str, Any]) -> list[str]:
             f"CHATSVC_CHECKPOINT_MIN_MS {shape['batched_wal_bytes']} bytes in "
             f"{shape['batched_transactions']} write transactions"
         )
-    for name, summary in results.get("profile", {}).items():
-        if "error" in summary:
-            out.append(f"profile {name}: {summary['error']}")
-            continue
-        top = ", ".join(f"{f['frame']} {f['percent']}%" for f in summary["top_self"][:8])
-        libs = ", ".join(f"{f['frame']} {f['percent']}%" for f in summary["self_by_library"][:8])
-        out.append(
-            f"profile {name} at {summary['streams']} streams ({summary['samples']} samples) "
-            f"top self: {top}"
-        )
-        out.append(f"profile {name} self time by library: {libs}")
-        # The worker's CPU per chunk, split by the innermost chatsvc module on the stack.
-        server = summary["cpu_us_per_chunk"]["server"] or 0
-        modules = ", ".join(
-            f"{f['frame']} {f['percent']}% (~{server * f['percent'] / 100:.0f} µs)"
-            for f in summary["by_chatsvc_module"][:6]
-        )
-        out.append(f"profile {name} by chatsvc module (µs per chunk): {modules}")
+    out += _profile_notes(results)
     out += results.get("notes", [])
     return out
 

@@ -34,6 +34,7 @@ from benchmarks import (
     ceiling,
     context,
     headline,
+    load,
     loadrun,
     pgceiling,
     phases,
@@ -301,7 +302,13 @@ def measure(bench: context.Bench, mode: str) -> dict[str, Any]:
     if mode == "headline":
         say("warming up")
         headline.warm_up(bench)
-        return {"headline": headline.headline(bench)}
+        results = {"headline": headline.headline(bench)}
+        if bench.params.profile:
+            streams = min(bench.params.headline_levels)
+            say(f"profiling a chatsvc worker and a baseline worker at {streams} answers")
+            shape = loadrun.headline_shape(bench.params)
+            results["profile"] = profile_phase(bench, streams, shape)
+        return results
     if mode == "ceiling":
         say("warming up")
         headline.warm_up(bench)
@@ -352,15 +359,19 @@ def measure_all(bench: context.Bench) -> dict[str, Any]:
     return results
 
 
-def profile_phase(bench: context.Bench, streams: int) -> dict[str, Any]:
+def profile_phase(
+    bench: context.Bench, streams: int, shape: load.Shape | None = None
+) -> dict[str, Any]:
     """A load run for each system with py-spy on one worker, at a load both sustain (under
-    overload both are busy in litellm alone, which hides what chatsvc adds)."""
+    overload both are busy in litellm alone, which hides what chatsvc adds); of the old
+    shape unless `shape` says otherwise (the headline's, with `--headline --profile`)."""
     p = bench.params
+    window_s = p.window_s if shape is None else p.headline_window_s
     summaries = {}
     for system, servers in (("chatsvc", bench.chatsvc), ("baseline", bench.baseline)):
         worker = servers[0].workers()[0]
         run = loadrun.load_run(
-            bench, system, streams, p.window_s, profile_pid=worker, profile_name=system
+            bench, system, streams, window_s, profile_pid=worker, profile_name=system, shape=shape
         )
         summaries[system] = {
             "streams": streams,

@@ -27,6 +27,7 @@ stopped.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -119,6 +120,9 @@ class Checkpointer(Background):
         self.min_interval = settings.coalesce_ms / 1000
         self._conn: Connection[Any] | None = None
         self._uncertain: dict[Stream, Take] = {}
+        # When the loop will wake by itself (infinity while it is not waiting): text due
+        # later than that need not wake it.
+        self._asleep_until = math.inf
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the in-flight commit (and once no stream is left)."""
@@ -153,12 +157,19 @@ class Checkpointer(Background):
         """Queue text for the next checkpoint (no I/O: generators never wait on the database)."""
         if stream.accepts_text:
             stream.add_text(text)
-            self._wake.set()
+            self._nudge(stream)
 
     def append_reasoning(self, stream: Stream, text: str) -> None:
         """Queue reasoning for the next checkpoint, as `append` does text."""
         if stream.accepts_text:
             stream.add_reasoning(text)
+            self._nudge(stream)
+
+    def _nudge(self, stream: Stream) -> None:
+        """Wake the loop if the stream's new text is due before the loop wakes anyway: the
+        first text of a part, or text after a pause. Coalesced text is due when the loop
+        already plans to wake, and waking it for every token cost a turn of the loop each."""
+        if stream.checkpointed_at + self.min_interval < self._asleep_until:
             self._wake.set()
 
     def changed(self, stream: Stream) -> None:
@@ -201,7 +212,9 @@ class Checkpointer(Background):
         backoff = 0.05
         idle = self.renew_every  # how long to sleep when nothing wakes the loop
         while not (self._stopped and not self.streams):
+            self._asleep_until = time.monotonic() + idle
             self._wake.wait(timeout=idle)
+            self._asleep_until = math.inf
             self._wake.clear()
             try:
                 idle = self.checkpoint_once()

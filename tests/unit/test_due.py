@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from uuid import uuid4
 
 import pytest
 
-from chatsvc.engine.checkpoint import due
+from chatsvc.engine.checkpoint import Checkpointer, due
 from chatsvc.engine.stream import Ending, State, Stream
+from tests.support import TEST_SETTINGS
 
 NOW = 1000.0
 RENEW = 1.0
@@ -108,3 +110,34 @@ def test_the_first_text_of_each_part_is_due_at_once() -> None:
     stream.step = 1  # the next model call (after a tool call): its text is a new part
     _committed(stream).add_text("Then")
     assert due([stream], NOW + 0.01, RENEW, 0.1)[0] == [stream]
+
+
+def test_a_token_wakes_the_checkpointer_only_when_its_text_is_due_before_the_loop_wakes() -> None:
+    checkpointer = Checkpointer("postgresql://unused", TEST_SETTINGS, lambda events: None)
+    assert checkpointer.min_interval == pytest.approx(0.1)
+    steady = _stream()
+    steady.checkpointed_at = 0.0
+    steady.add_text("Hel")
+    _committed(steady)  # committed at NOW: its next text is due at NOW + 0.1
+    first = _stream()
+    first.checkpointed_at = 0.0  # an answer's first text: due at once
+
+    # The loop sleeps until steady's text is due anyway: another token need not wake it.
+    checkpointer._asleep_until = NOW + 0.1
+    checkpointer.append(steady, "more")
+    assert not checkpointer._wake.is_set()
+    checkpointer.append(first, "Hello")
+    assert checkpointer._wake.is_set()
+
+    # Sleeping until later (a lease renewal), text due sooner wakes it.
+    checkpointer._wake.clear()
+    checkpointer._asleep_until = NOW + 1.0
+    checkpointer.append(steady, " and more")
+    assert checkpointer._wake.is_set()
+
+    # While the loop is not waiting (committing), every token sets the event, so that the
+    # wait after the commit returns at once and looks again.
+    checkpointer._wake.clear()
+    checkpointer._asleep_until = math.inf
+    checkpointer.append(steady, "!")
+    assert checkpointer._wake.is_set()
