@@ -268,15 +268,18 @@ class Reaper(Background):
 
     def sweep_chunks(self) -> int:
         """Delete the chunk batches no streaming answer reads any more; returns how many."""
-        with self.pool.connection() as conn:
-            row = conn.execute(SWEEP_CHUNKS).fetchone()
-        return int(row[0]) if row else 0
+        return self._count(SWEEP_CHUNKS)
 
     def count_usage(self) -> int:
         """Add the tokens of the LLM calls metered since the last roll-up to their users'
         totals; returns how many calls (0 too when another process is doing it)."""
+        return self._count(COUNT_USAGE)
+
+    def _count(self, housekeeping: str) -> int:
+        """Run one of the timer's housekeeping functions in a transaction of its own; the
+        count it returns."""
         with self.pool.connection() as conn:
-            row = conn.execute(COUNT_USAGE).fetchone()
+            row = conn.execute(housekeeping).fetchone()
         return int(row[0]) if row else 0
 
     def _resumes(self, claim: Claim) -> bool:

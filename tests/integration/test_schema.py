@@ -130,6 +130,13 @@ def test_schema_has_what_the_spec_documents(conn: psycopg.Connection[Any]) -> No
     assert "UNIQUE" in indexes["messages_client_message_id"]
 
 
+def _count(conn: psycopg.Connection[Any], housekeeping: str) -> int:
+    """The count one of chatsvc's housekeeping functions returns."""
+    row = conn.execute(housekeeping).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _streaming_answer(conn: psycopg.Connection[Any]) -> tuple[Any, Any]:
     _, conversation = new_conversation(conn)
     message = conn.execute(
@@ -185,9 +192,7 @@ def test_the_sweep_deletes_the_chunks_no_streaming_answer_reads(
         )
 
     def sweep() -> int:
-        row = conn.execute("SELECT chatsvc_sweep_chunks()").fetchone()
-        assert row is not None
-        return int(row[0])
+        return _count(conn, "SELECT chatsvc_sweep_chunks()")
 
     def chunks() -> list[tuple[Any, str]]:
         return conn.execute("SELECT message_id, content FROM message_chunks").fetchall()
@@ -222,9 +227,7 @@ TOTALS = "SELECT prompt_tokens, completion_tokens FROM users WHERE id = %s"
 
 
 def _count_usage(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT chatsvc_count_usage()").fetchone()
-    assert row is not None
-    return int(row[0])
+    return _count(conn, "SELECT chatsvc_count_usage()")
 
 
 def test_metering_a_call_leaves_the_users_row_unlocked(
