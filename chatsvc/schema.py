@@ -225,7 +225,9 @@ messages = Table(
     Column("tool_version", Integer, nullable=False, server_default=text("0")),
     Column("step", Integer, nullable=False, server_default=text("0")),
     Column("layout", JSONB),  # the order of a streaming answer's parts
-    Column("parts", JSONB),  # a finished answer's parts, as the API returns them
+    # A finished answer's parts, as the API returns them; NULL for text alone
+    # (its content is its one part: message_parts(m) reads both forms).
+    Column("parts", JSONB),
     # The message this one follows (NULL for a first message); messages with the
     # same parent are versions of one another.
     Column("parent_id", _UUID, ForeignKey("messages.id", ondelete="CASCADE")),

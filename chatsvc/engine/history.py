@@ -14,6 +14,7 @@ from uuid import UUID
 from psycopg import Connection, Cursor
 from psycopg.rows import class_row
 
+from chatsvc.engine.messages import PARTS_AS_COMMITTED
 from chatsvc.engine.statements import Statement, rows_of
 
 
@@ -35,12 +36,12 @@ class Said:
 # branch stays cheap to turn into a prompt. Each message is looked up by its key
 # (OFFSET 0 keeps the subquery apart): joined to the walk, whose length the planner
 # guesses at a hundred, a table of some thousand messages gets hashed whole.
-SELECT_SAID = """
+SELECT_SAID = f"""
 SELECT x.* FROM message_branch(%(leaf)s) b
 CROSS JOIN LATERAL (
     SELECT m.id, m.role,
            CASE WHEN m.status = 'streaming' THEN message_text(m) ELSE m.content END AS content,
-           CASE WHEN m.status = 'streaming' THEN message_parts(m) ELSE m.parts END AS parts,
+           {PARTS_AS_COMMITTED} AS parts,
            CASE WHEN m.tool_version > 0 THEN
                (SELECT jsonb_object_agg(t.tool_call_id, t.step) FROM tool_calls t
                 WHERE t.message_id = m.id) END AS steps

@@ -183,14 +183,17 @@ _COLUMNS = """m.id, m.conversation_id, m.role, m.status, {content} AS content,
     m.created_at, m.completed_at, m.client_message_id, m.reply_to, m.parent_id,
     m.user_id, {reasoning_length} AS reasoning_length, m.tool_version, {parts} AS parts"""
 _SIBLINGS = ", message_sibling_ids(m) AS sibling_ids"
+# A message's parts: NULL for a question; an answer that is text alone stores
+# none (NULL), its parts being that text.
+PARTS_AS_COMMITTED = """CASE WHEN m.status = 'streaming' THEN message_parts(m)
+         WHEN m.role = 'assistant' THEN coalesce(m.parts, chatsvc_text_parts(m.content)) END"""
 # A finished message's text and parts are its columns; only a streaming one's are
 # assembled (message_text, message_parts), which keeps a long branch cheap to read.
 _AS_COMMITTED = {
     "content": "CASE WHEN m.status = 'streaming' THEN message_text(m) ELSE m.content END",
     "content_length": "message_committed(m, 'text')",
     "reasoning_length": "message_committed(m, 'reasoning')",
-    "parts": """CASE WHEN m.status = 'streaming' THEN message_parts(m)
-         WHEN m.role = 'assistant' THEN coalesce(m.parts, '[]'::jsonb) END""",
+    "parts": PARTS_AS_COMMITTED,
 }
 COLUMNS = _COLUMNS.format(**_AS_COMMITTED) + _SIBLINGS
 # Messages the reader's own transaction just inserted: nothing can have been

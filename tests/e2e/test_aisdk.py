@@ -51,8 +51,8 @@ def answer_row(db: str, message_id: str) -> dict[str, Any]:
     """The stored answer."""
     (row,) = query(
         db,
-        "SELECT id::text, status, content, content_length, usage, error, parts, epoch "
-        "FROM messages WHERE id = %s",
+        "SELECT id::text, status, content, content_length, usage, error, "
+        "message_parts(m) AS parts, epoch FROM messages m WHERE id = %s",
         message_id,
     )
     return row

@@ -38,6 +38,25 @@ def test_a_plain_answer_is_one_text_part_and_reasoning_is_never_its_content(conn
     assert _parts(conn, message) == ([{"type": "text", "text": "Hello wörld 😀"}], "Hello wörld 😀")
 
 
+def test_a_finished_answer_of_text_alone_is_its_content(conn: Conn) -> None:
+    message = _answer(conn)
+    conn.execute(
+        "UPDATE messages SET status = 'completed', content = 'Hi', completed_at = now() "
+        "WHERE id = %s",
+        (message,),
+    )
+    assert _parts(conn, message) == ([{"type": "text", "text": "Hi"}], "Hi")
+    conn.execute("UPDATE messages SET content = '' WHERE id = %s", (message,))
+    assert _parts(conn, message) == ([], "")
+    # Stored parts (every answer finished before migration 0008; any answer of more
+    # than text) are read as stored.
+    parts = [{"type": "reasoning", "text": "hmm"}, {"type": "text", "text": "Hi"}]
+    conn.execute(
+        "UPDATE messages SET content = 'Hi', parts = %s WHERE id = %s", (json.dumps(parts), message)
+    )
+    assert _parts(conn, message) == (parts, "Hi")
+
+
 def test_parts_follow_the_layout_across_kinds_and_steps(conn: Conn) -> None:
     layout = [
         {"type": "reasoning", "step": 0, "start": 0},

@@ -66,6 +66,14 @@ def test_send_stores_both_rows_before_answering(user: ApiClient, llm_app: AppSer
     assert done["status"] == "completed" and done["content_length"] == 120
     assert done["usage"]["completion_tokens"] == 30
     assert done["completed_at"] is not None
+    # Text alone is stored once: no parts beside the content, which is the one part.
+    assert done["parts"] == [{"type": "text", "text": done["content"]}]
+    stored = _row(
+        llm_app.db_url,
+        "SELECT parts, message_parts(m) FROM messages m WHERE id = %s",
+        answer["id"],
+    )
+    assert stored == (None, done["parts"])
 
 
 def test_true_state_while_streaming(user: ApiClient, llm_app: AppServer) -> None:
