@@ -295,6 +295,21 @@ def send_message(
     return str(sent["assistant_message"]["id"])
 
 
+def send_when_admitted(
+    base: str, token: str, conversation_id: str, content: str, timeout: float = 10.0
+) -> str:
+    """send_message, waiting out `503 unavailable` as its Retry-After says (a worker still
+    busy with earlier answers, or with starting up), for at most 30 seconds."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return send_message(base, token, conversation_id, content, timeout)
+        except wire.Busy as exc:
+            if time.monotonic() + exc.retry_after > deadline:
+                raise
+            time.sleep(exc.retry_after)
+
+
 def chatsvc_answer(
     send_base: str,
     follow_base: str,

@@ -100,7 +100,7 @@ def wal_answer(
     conversation = create_conversations(bench, 1)[0]
     content = load.prompt(chunks, size, delay, bench.seed("w"), stamp=False, clock=clock)
     before = counters(bench.db)
-    message_id = load.send_message(sender.base, bench.token, conversation, content)
+    message_id = load.send_when_admitted(sender.base, bench.token, conversation, content)
     done = _follow_to_done(follower.base, bench.token, message_id, chunks * delay + 60)
     return {**delta(before, counters(bench.db)), "done": done, "id": message_id}
 
@@ -238,7 +238,7 @@ def _one_takeover(bench: Bench) -> dict[str, Any]:
         while not any(e.retry for _, e in seen):
             time.sleep(0.01)
         content = load.prompt(3000, 8, 0.01, bench.seed("t"), stamp=False)
-        message_id = load.send_message(a.base, bench.token, conversation, content)
+        message_id = load.send_when_admitted(a.base, bench.token, conversation, content)
         while sum(e.event == "delta" for _, e in seen) < 20:
             _check(reader)
             time.sleep(0.01)

@@ -305,7 +305,7 @@ def answer(soak: Soak, slot: int, plan: Plan) -> None:
 
                 def post() -> None:
                     try:
-                        load.send_message(send, soak.token, conversation, plan.content, 30)
+                        load.send_when_admitted(send, soak.token, conversation, plan.content, 30)
                     except Exception as exc:
                         failed.append(exc)
                         response.close()  # no answer will come: stop the reader
