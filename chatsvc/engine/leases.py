@@ -98,7 +98,7 @@ TRY_OWNER_LOCK = "SELECT pg_try_advisory_lock(%s, %s)"
 UNLOCK_OWNER = "SELECT pg_advisory_unlock(%s, %s)"
 
 # Before it claims, a takeover fences the owners of the orphans it may claim
-# (writes.FENCE): it waits for their checkpoints in flight, which write without
+# (writes.FENCE_CLASS): it waits for their checkpoints in flight, which write without
 # locking the row, and holds back their later ones until it has committed (they
 # then see the new epoch). Only the orphans of fenced owners are claimed; a
 # released orphan (owner NULL) has no owner left to write.

@@ -19,79 +19,107 @@ from chatsvc.engine import events
 from chatsvc.engine.parts import Entry
 from chatsvc.engine.stream import Meter, Stream, Take
 
-# One statement checkpoints every stream in the batch, after FENCE in the same
-# transaction: the same four round trips (BEGIN, fence, it, COMMIT) commit any
-# number of streams. A stream whose epoch no longer matches, or that no longer
-# streams (taken over, ended, or fenced), is simply not returned, and nothing of
-# it is written. The owner of the epoch is the only writer, so the offsets it
-# writes at are the committed lengths (readers take a streaming answer's lengths
-# from its chunks: message_committed in migration 0006). It appends one
-# chunk_batches row holding every stream's new text and reasoning, each entry at
-# its committed offset (one row's overhead per transaction, not per stream: see
-# migration 0006).
+# One call checkpoints every stream in the batch: the owner's fence, then the
+# checkpoint statement, in a function the checkpointer's connection creates for
+# its session (`prepare`): in pg_temp, so the statement ships with the code that
+# calls it; no migration, and no two versions of chatsvc sharing one definition
+# during a rolling deploy. Text alone, the common case, is that one call in a
+# transaction of its own: one round trip per commit, where BEGIN, fence,
+# statement, COMMIT took four (measured under gevent: 0.19 ms of client CPU per
+# commit against 0.55, and 0.30 ms wall against 0.84). A
+# stream whose epoch no longer matches, or that no longer streams (taken over,
+# ended, or fenced), is simply not returned, and nothing of it is written. The
+# owner of the epoch is the only writer, so the offsets it writes at are the
+# committed lengths (readers take a streaming answer's lengths from its chunks:
+# message_committed in migration 0006). It appends one chunk_batches row holding
+# every stream's new text and reasoning, each entry at its committed offset (one
+# row's overhead per transaction, not per stream: see migration 0006).
 #
 # Only a stream marked `renew` has its row updated: its lease (renewed every
 # lease/3, not at every checkpoint), its lengths and checkpoint time, and its
 # layout, tool version and step when they changed (NULL leaves layout and
 # step). The others' rows are only read: text alone writes nothing but its
 # entry in the batch row. Reading takes no row lock, so what stops a takeover
-# from passing an in-flight checkpoint is FENCE: each checkpoint takes its
-# owner's fence shared, in a statement of its own (so the checkpoint's snapshot
-# is taken after it), and a takeover takes the fence of each owner it claims
-# from exclusively before it claims (leases.FENCE_OWNERS): it waits for the
-# owner's checkpoints in flight, reads their text, and any later one waits for
-# it, then sees the new epoch.
+# from passing an in-flight checkpoint is the fence: each checkpoint takes its
+# owner's fence shared, in a statement of its own (the function is volatile, so
+# the checkpoint statement's snapshot is taken after the fence), and a takeover
+# takes the fence of each owner it claims from exclusively before it claims
+# (leases.FENCE_OWNERS): it waits for the owner's checkpoints in flight, reads
+# their text, and any later one waits for it, then sees the new epoch.
 #
 # It also NOTIFYs what it committed: each stream comes with its item (the items
 # of its events, joined) and payload number, made by events.joined and
 # events.pack, and the items of the rows written are joined per payload number.
 # Only here is it known which rows were written, and leaving the others out
 # only shrinks a payload.
-CHECKPOINT = """
-WITH b AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(epochs)s::int[], %(starts)s::int[], %(texts)s::text[],
-                         %(rstarts)s::int[], %(reasonings)s::text[], %(layouts)s::text[],
-                         %(versions)s::int[], %(steps)s::int[], %(renews)s::bool[],
-                         %(items)s::text[], %(payloads)s::int[]) WITH ORDINALITY
-        AS b(id, epoch, start_offset, content, rstart, reasoning, layout, version, step, renew,
-             item, payload, n)
-), renewed AS (
-    UPDATE messages m
-    SET content_length = b.start_offset + char_length(b.content),
-        last_checkpoint_at = CASE WHEN b.content <> '' OR b.reasoning <> '' THEN now()
-                                  ELSE m.last_checkpoint_at END,
-        lease_expires_at = now() + %(lease)s * interval '1 second',
-        reasoning_length = b.rstart + char_length(b.reasoning),
-        tool_version = b.version,
-        step = coalesce(b.step, m.step),
-        layout = coalesce(b.layout::jsonb, m.layout)
-    FROM b
-    WHERE b.renew AND m.id = b.id AND m.epoch = b.epoch AND m.status = 'streaming'
-    RETURNING m.id, m.epoch, m.cancel_requested_at IS NOT NULL AS cancel,
-              b.start_offset, b.content, b.rstart, b.reasoning, b.item, b.payload, b.n
-), m AS (
-    SELECT * FROM renewed
-    UNION ALL
-    SELECT m.id, m.epoch, m.cancel_requested_at IS NOT NULL,
-           b.start_offset, b.content, b.rstart, b.reasoning, b.item, b.payload, b.n
-    FROM b JOIN messages m ON m.id = b.id
-    WHERE NOT b.renew AND m.epoch = b.epoch AND m.status = 'streaming'
-), e AS (
-    SELECT n, 0 AS k, id, 'text' AS kind, start_offset, epoch, content FROM m WHERE content <> ''
-    UNION ALL
-    SELECT n, 1, id, 'reasoning', rstart, epoch, reasoning FROM m WHERE reasoning <> ''
-), c AS (
-    INSERT INTO chunk_batches (message_ids, kinds, starts, epochs, texts)
-    SELECT array_agg(id ORDER BY n, k), array_agg(kind ORDER BY n, k),
-           array_agg(start_offset ORDER BY n, k), array_agg(epoch ORDER BY n, k),
-           array_agg(content ORDER BY n, k)
-    FROM e HAVING count(*) > 0
-), sent AS (
-    SELECT pg_notify(%(channel)s, '[' || string_agg(item, ',' ORDER BY n) || ']')
-    FROM m WHERE item IS NOT NULL GROUP BY payload
-)
-SELECT id, cancel, (SELECT count(*) FROM sent) FROM m
+CHECKPOINT_FUNCTION = """
+CREATE OR REPLACE FUNCTION pg_temp.chatsvc_checkpoint(
+    fence_class integer, owner text, lease double precision, channel text,
+    ids uuid[], epochs integer[], starts integer[], texts text[], rstarts integer[],
+    reasonings text[], layouts text[], versions integer[], steps integer[], renews boolean[],
+    items text[], payloads integer[])
+RETURNS TABLE (message_id uuid, cancel boolean, notified bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(fence_class, hashtext(owner));
+    RETURN QUERY
+    WITH b AS (
+        SELECT * FROM unnest(ids, epochs, starts, texts, rstarts, reasonings, layouts, versions,
+                             steps, renews, items, payloads) WITH ORDINALITY
+            AS b(id, epoch, start_offset, content, rstart, reasoning, layout, version, step,
+                 renew, item, payload, n)
+    ), renewed AS (
+        UPDATE messages m
+        SET content_length = b.start_offset + char_length(b.content),
+            last_checkpoint_at = CASE WHEN b.content <> '' OR b.reasoning <> '' THEN now()
+                                      ELSE m.last_checkpoint_at END,
+            lease_expires_at = now() + lease * interval '1 second',
+            reasoning_length = b.rstart + char_length(b.reasoning),
+            tool_version = b.version,
+            step = coalesce(b.step, m.step),
+            layout = coalesce(b.layout::jsonb, m.layout)
+        FROM b
+        WHERE b.renew AND m.id = b.id AND m.epoch = b.epoch AND m.status = 'streaming'
+        RETURNING m.id, m.epoch, m.cancel_requested_at IS NOT NULL AS cancel,
+                  b.start_offset, b.content, b.rstart, b.reasoning, b.item, b.payload, b.n
+    ), m AS (
+        SELECT * FROM renewed
+        UNION ALL
+        SELECT m.id, m.epoch, m.cancel_requested_at IS NOT NULL,
+               b.start_offset, b.content, b.rstart, b.reasoning, b.item, b.payload, b.n
+        FROM b JOIN messages m ON m.id = b.id
+        WHERE NOT b.renew AND m.epoch = b.epoch AND m.status = 'streaming'
+    ), e AS (
+        SELECT n, 0 AS k, id, 'text' AS kind, start_offset, epoch, content
+        FROM m WHERE content <> ''
+        UNION ALL
+        SELECT n, 1, id, 'reasoning', rstart, epoch, reasoning FROM m WHERE reasoning <> ''
+    ), c AS (
+        INSERT INTO chunk_batches (message_ids, kinds, starts, epochs, texts)
+        SELECT array_agg(id ORDER BY n, k), array_agg(kind ORDER BY n, k),
+               array_agg(start_offset ORDER BY n, k), array_agg(epoch ORDER BY n, k),
+               array_agg(content ORDER BY n, k)
+        FROM e HAVING count(*) > 0
+    ), sent AS (
+        SELECT pg_notify(channel, '[' || string_agg(item, ',' ORDER BY n) || ']')
+        FROM m WHERE item IS NOT NULL GROUP BY payload
+    )
+    SELECT id, cancel, (SELECT count(*) FROM sent) FROM m;
+END
+$$
 """
+CHECKPOINT = """
+SELECT * FROM pg_temp.chatsvc_checkpoint(
+    %(fence_class)s, %(owner)s, %(lease)s, %(channel)s, %(ids)s, %(epochs)s, %(starts)s,
+    %(texts)s, %(rstarts)s, %(reasonings)s, %(layouts)s, %(versions)s, %(steps)s, %(renews)s,
+    %(items)s, %(payloads)s)
+"""
+
+
+def prepare(conn: Connection[Any]) -> None:
+    """Create the checkpoint function for the connection's session (the checkpointer's)."""
+    conn.execute(CHECKPOINT_FUNCTION)
 
 
 @dataclass
@@ -103,9 +131,9 @@ class Checkpointed:
     cancels: list[UUID] = field(default_factory=list)
 
 
-# The first key of the fence's two-key advisory lock (the second: the owner's).
+# The first key of the fence's two-key advisory lock (the second: the owner's
+# name, hashed; CHECKPOINT takes it shared).
 FENCE_CLASS = 0x63737666  # 'csvf'
-FENCE = "SELECT pg_advisory_xact_lock_shared(%s, hashtext(%s))"
 
 
 def checkpoint(
@@ -118,10 +146,10 @@ def checkpoint(
     renew: set[Stream],
 ) -> Checkpointed:
     """Append each stream's text and reasoning, renew the leases of `renew` (and write their
-    rows), NOTIFY what it committed; in the caller's transaction, which this fences first."""
+    rows), NOTIFY what it committed, fenced first; in the caller's transaction, if any, on a
+    connection `prepare`d for it."""
     if not streams:
         return Checkpointed()
-    conn.execute(FENCE, (FENCE_CLASS, owner))
     items = [events.joined(takes[s].events) for s in streams]
     params = {
         "ids": [s.message_id for s in streams],
@@ -138,6 +166,8 @@ def checkpoint(
         "payloads": events.pack(items),
         "lease": lease_s,
         "channel": events.CHANNEL,
+        "fence_class": FENCE_CLASS,
+        "owner": owner,
     }
     rows = conn.execute(CHECKPOINT, params).fetchall()
     ok = {row[0] for row in rows}

@@ -228,6 +228,8 @@ def test_a_takeover_waits_for_a_checkpoint_in_flight_and_fences_the_next(
         return taker.execute(leases.TAKE_OVER, params).fetchall()
 
     with psycopg.connect(db_url) as owner_conn, psycopg.connect(db_url) as taker:
+        writes.prepare(owner_conn)
+        owner_conn.commit()
         assert stream in write(owner_conn, "first").written  # in flight: not committed
         claiming = gevent.spawn(take_over, taker)
         _wait_blocked(db_url, taker.info.backend_pid)
