@@ -106,6 +106,11 @@ class Worker(GeventWorker):  # type: ignore[misc]
     _quitting = False
 
     def load_wsgi(self) -> None:
+        # Before the app starts its background work (takeovers among it), so that
+        # litellm's first call stalls nothing. Imported here: never in the master.
+        from chatsvc.engine import llm  # noqa: PLC0415
+
+        log.info("litellm warmed up in %.2f s", llm.warm_up())
         super().load_wsgi()
         # The app loads litellm: some 400,000 long-lived objects that every full
         # garbage collection would walk, stalling all the worker's streams for

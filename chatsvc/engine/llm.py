@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,6 +80,33 @@ def _piece(chunk: Any) -> Piece | None:
     if not (text or reasoning or calls or choice.finish_reason):
         return None
     return Piece(text, reasoning=reasoning, tool_calls=calls, finish_reason=choice.finish_reason)
+
+
+def warm_up() -> float:
+    """Make litellm's first streamed calls before the process serves; the seconds it took.
+
+    litellm imports and builds much of itself on its first call (the OpenAI client
+    and its types, the stream wrapper): ~1 s of CPU on a 2-core machine, in blocks
+    of up to a quarter of a second, which in a worker would stall every stream it
+    has and, with the loop's lag over its limit, refuse answers (pressure.py) just
+    after a deploy, when the new workers take over the old ones' answers. So a
+    worker makes two calls first: one answered by litellm's mock (the stream
+    wrapper), and one to a closed port on this machine, refused at once (the
+    OpenAI client, the path most providers take). Neither leaves the machine."""
+    started = time.monotonic()
+    messages = [{"role": "user", "content": "warm-up"}]
+    common = {"model": "openai/chatsvc-warm-up", "messages": messages, "stream": True}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]  # no one listens once it is closed
+    for extra in (
+        {"mock_response": "warm-up", "stream_options": {"include_usage": True}},
+        {"api_base": f"http://127.0.0.1:{closed}/v1", "api_key": "-", "max_retries": 0},
+    ):
+        with contextlib.suppress(Exception):
+            for _ in litellm.completion(**common, **extra, timeout=5):
+                pass
+    return time.monotonic() - started
 
 
 def stream(

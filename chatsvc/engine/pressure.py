@@ -6,7 +6,7 @@ all come late, and requests wait for pool connections until they time out. The
 loop's lag says so before anything fails: a greenlet asks to sleep a tenth of a
 second and measures how much later it woke. Each sample counts for at most twice the
 limit and moves the smoothed lag a third of the way to it, so one stall, however long
-(a garbage collection, litellm's first call, a burst of connections), never makes a
+(a garbage collection, a burst of connections), never makes a
 worker busy, and a lag over the limit that lasts a few samples does. Requests
 waiting for a pooled connection at three samples in a row make it busy too: the
 pool runs out before the loop's lag shows it when each connection is held across
@@ -18,6 +18,7 @@ over no orphans, and says it is not ready; the answers it has go on.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -25,6 +26,8 @@ import gevent
 
 from chatsvc import metrics
 from chatsvc.engine.background import Background
+
+log = logging.getLogger(__name__)
 
 # How often the loop is sampled, how much of each new sample the smoothed lag takes, and
 # the most a sample counts for, in limits.
@@ -71,6 +74,15 @@ class Pressure(Background):
         if busy != self._busy:
             self._busy = busy
             metrics.WORKERS_BUSY.set(1 if busy else 0)
+            log.log(
+                logging.WARNING if busy else logging.INFO,
+                "%s: event loop lag %.0f ms (smoothed; limit %.0f), %d samples in a row with "
+                "requests waiting for a pooled connection",
+                "busy, refusing new answers" if busy else "no longer busy",
+                self.lag * 1000,
+                self.limit * 1000,
+                self.starved,
+            )
 
     def _run(self) -> None:
         while not self._stopped:

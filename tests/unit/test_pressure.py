@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import gevent
+import pytest
 from prometheus_client import REGISTRY
 
 from chatsvc.engine.pressure import Pressure
@@ -14,15 +16,23 @@ def _sample(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-def test_a_lone_stall_does_not_make_a_worker_busy_but_a_lasting_lag_does() -> None:
+def test_a_lone_stall_does_not_make_a_worker_busy_but_a_lasting_lag_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="chatsvc.engine.pressure")
     pressure = Pressure(250)
     pressure.observe(5.0)  # one stall, however long, counts for twice the limit at most
     assert not pressure.overloaded and abs(pressure.lag - 0.5 / 3) < 1e-9
+    assert not caplog.records
     pressure.observe(0.6)
     assert pressure.overloaded and _sample("chatsvc_workers_busy") == 1
+    (busy,) = caplog.records
+    assert busy.levelno == logging.WARNING and "busy, refusing new answers" in busy.getMessage()
+    assert "event loop lag 278 ms (smoothed; limit 250)" in busy.getMessage()
     pressure.observe(0.0)
     assert not pressure.overloaded and pressure.lag < 0.25
     assert _sample("chatsvc_workers_busy") == 0
+    assert caplog.records[-1].getMessage().startswith("no longer busy")
     for _ in range(5):
         pressure.observe(0.3)
     assert pressure.overloaded  # a lag just over the limit, lasting
