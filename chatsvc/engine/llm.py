@@ -92,7 +92,7 @@ def warm_up() -> float:
     after a deploy, when the new workers take over the old ones' answers. So a
     worker makes two calls first: one answered by litellm's mock (the stream
     wrapper), and one to a closed port on this machine, refused at once (the
-    OpenAI client, the path most providers take). Neither leaves the machine."""
+    OpenAI client, the path most providers take). Neither reaches a model provider."""
     started = time.monotonic()
     messages = [{"role": "user", "content": "warm-up"}]
     common = {"model": "openai/chatsvc-warm-up", "messages": messages, "stream": True}
