@@ -26,14 +26,14 @@ from chatsvc.engine.stream import Meter, Stream, Take
 # during a rolling deploy. Text alone, the common case, is that one call in a
 # transaction of its own: one round trip per commit, where BEGIN, fence,
 # statement, COMMIT took four (measured under gevent: 0.19 ms of client CPU per
-# commit against 0.55, and 0.30 ms wall against 0.84). A
-# stream whose epoch no longer matches, or that no longer streams (taken over,
-# ended, or fenced), is simply not returned, and nothing of it is written. The
-# owner of the epoch is the only writer, so the offsets it writes at are the
-# committed lengths (readers take a streaming answer's lengths from its chunks:
-# message_committed in migration 0006). It appends one chunk_batches row holding
-# every stream's new text and reasoning, each entry at its committed offset (one
-# row's overhead per transaction, not per stream: see migration 0006).
+# commit against 0.55, and 0.30 ms wall against 0.84). A stream whose epoch no
+# longer matches, or that no longer streams (taken over, ended, or fenced), is
+# simply not returned, and nothing of it is written. The owner of the epoch is
+# the only writer, so the offsets it writes at are the committed lengths
+# (readers take a streaming answer's lengths from its chunks: message_committed
+# in migration 0006). It appends one chunk_batches row holding every stream's
+# new text and reasoning, each entry at its committed offset (one row's overhead
+# per transaction, not per stream: see migration 0006).
 #
 # Only a stream marked `renew` has its row updated: its lease (renewed every
 # lease/3, not at every checkpoint), its lengths and checkpoint time, and its
